@@ -1,0 +1,81 @@
+"""Publishing with publisher confirms: every publish is awaited, never fire-and-forget.
+
+Concurrent publishes pipeline on one channel (aio-pika matches confirms to delivery tags), so
+the hot path never waits for one confirm at a time.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from processor.broker.topology import Topology, delay_route
+
+JSON = "application/json"
+
+
+class Publisher:
+    def __init__(
+        self, channel: AbstractChannel, topology: Topology, exchanges: dict[str, AbstractExchange]
+    ) -> None:
+        self.channel = channel
+        self.topology = topology
+        self.exchanges = exchanges
+
+    async def publish_run(
+        self, workflow: str, body: bytes, message_id: str, wake_at: datetime | None = None
+    ) -> None:
+        """Publish a run message now, or through the delay cascade to arrive at `wake_at`."""
+        message = aio_pika.Message(
+            body,
+            content_type=JSON,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+        )
+        if wake_at is None:
+            exchange = self.topology.engine_exchange
+            key = self.topology.run_key(workflow)
+        else:
+            exchange, key = delay_route(
+                wake_at - datetime.now(UTC), self.topology.delayed_key(workflow)
+            )
+        await self.exchanges[exchange].publish(message, routing_key=key, mandatory=True)
+
+    async def publish_ingress(self, routing_key: str, body: bytes, message_id: str) -> None:
+        message = aio_pika.Message(
+            body,
+            content_type=JSON,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+        )
+        await self.exchanges[self.topology.ingress_exchange].publish(
+            message, routing_key=routing_key, mandatory=True
+        )
+
+    async def dead_letter(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
+        """Copy a rejected message to `queue.dead` with the reason, for a person to look at.
+
+        A fresh message, not a broker dead-letter, so it can carry `x-error-reason`. Broker
+        headers such as x-death are not forwarded (DESIGN.md: republishing them trips 3.10's
+        cycle detection).
+        """
+        headers = {
+            key: value
+            for key, value in (message.headers or {}).items()
+            if not key.startswith(("x-death", "x-first-death", "x-last-death"))
+        }
+        headers["x-error-reason"] = reason[:1000]
+        headers["x-original-exchange"] = message.exchange or ""
+        headers["x-original-routing-key"] = message.routing_key or ""
+        dead = aio_pika.Message(
+            message.body,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            headers=headers,
+        )
+        await self.exchanges[self.topology.dead_exchange].publish(
+            dead, routing_key=queue, mandatory=True
+        )

@@ -1,0 +1,167 @@
+"""Every exchange and queue Warren uses, declared in one place.
+
+Per namespace (default `warren`):
+- `{ns}.ingress` topic exchange: services publish `instance.create|event|control` there; the
+  `{ns}.ingress` queue takes them all (any worker can apply any command).
+- `{ns}.engine` topic exchange: run messages with routing key `run.{workflow}` go to the queue
+  `{ns}.run.{workflow}`, consumed only by workers that serve that workflow.
+- `{ns}.dead` direct exchange: each consuming queue `q` has a dead-letter queue `q.dead`, fed by
+  the broker (delivery limit) and by consumers rejecting bad input with an `x-error-reason`.
+
+Shared by all namespaces, the delay cascade (see DESIGN.md, "Delayed delivery"): level N is a
+topic exchange `warren.delay.N` and a quorum queue with a fixed TTL of 2^N ms that dead-letters
+into level N-1. The routing key is the delay's 35 bits, most significant first, then
+`{ns}.run.{workflow}`; level N routes a 1 bit to its queue and a 0 bit straight on to level N-1.
+Level 0 leads to `warren.delay.deliver`, where each run queue is bound with
+`#.{ns}.run.{workflow}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+#: 2^35 ms is 398 days: enough for the longest sleep (365 days).
+DELAY_LEVELS = 35
+DELAY_PREFIX = "warren.delay"
+DELIVERY_EXCHANGE = f"{DELAY_PREFIX}.deliver"
+PARKING = f"{DELAY_PREFIX}.parked"
+#: A message redelivered this many times is dead-lettered by the broker (a crash loop).
+DELIVERY_LIMIT = 20
+
+MAX_DELAY_MS = 2**DELAY_LEVELS - 1
+
+
+def delay_route(delay: timedelta, target_key: str) -> tuple[str, str]:
+    """The cascade exchange to publish to and the routing key, for a message due after `delay`.
+
+    A delay of zero goes straight to the delivery exchange.
+    """
+    ms = max(0, min(MAX_DELAY_MS, round(delay / timedelta(milliseconds=1))))
+    bits = format(ms, f"0{DELAY_LEVELS}b")
+    key = ".".join(bits) + "." + target_key
+    exchange = DELIVERY_EXCHANGE if ms == 0 else f"{DELAY_PREFIX}.{ms.bit_length() - 1}"
+    return exchange, key
+
+
+def _quorum(**arguments: Any) -> dict[str, Any]:
+    return {"x-queue-type": "quorum", **arguments}
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str
+
+    @property
+    def ingress_exchange(self) -> str:
+        return f"{self.namespace}.ingress"
+
+    @property
+    def ingress_queue(self) -> str:
+        return f"{self.namespace}.ingress"
+
+    @property
+    def engine_exchange(self) -> str:
+        return f"{self.namespace}.engine"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.namespace}.dead"
+
+    def run_key(self, workflow: str) -> str:
+        return f"run.{workflow}"
+
+    def run_queue(self, workflow: str) -> str:
+        return f"{self.namespace}.run.{workflow}"
+
+    def delayed_key(self, workflow: str) -> str:
+        return f"{self.namespace}.run.{workflow}"
+
+    async def declare_exchanges(self, channel: AbstractChannel) -> dict[str, AbstractExchange]:
+        """Declare every exchange (idempotent): the client needs these, not the queues."""
+        topic = aio_pika.ExchangeType.TOPIC
+        exchanges = {
+            self.ingress_exchange: await channel.declare_exchange(
+                self.ingress_exchange, topic, durable=True
+            ),
+            self.engine_exchange: await channel.declare_exchange(
+                self.engine_exchange, topic, durable=True
+            ),
+            self.dead_exchange: await channel.declare_exchange(
+                self.dead_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+            ),
+        }
+        exchanges.update(await _declare_delay_cascade(channel))
+        return exchanges
+
+    async def declare_consuming_queue(self, channel: AbstractChannel, name: str) -> AbstractQueue:
+        """A quorum queue with a delivery limit and its dead-letter queue `name.dead`."""
+        dead = await channel.declare_queue(f"{name}.dead", durable=True, arguments=_quorum())
+        await dead.bind(self.dead_exchange, routing_key=name)
+        return await channel.declare_queue(
+            name,
+            durable=True,
+            arguments=_quorum(
+                **{
+                    "x-dead-letter-exchange": self.dead_exchange,
+                    "x-dead-letter-routing-key": name,
+                    "x-delivery-limit": DELIVERY_LIMIT,
+                }
+            ),
+        )
+
+    async def declare_ingress_queue(self, channel: AbstractChannel) -> AbstractQueue:
+        queue = await self.declare_consuming_queue(channel, self.ingress_queue)
+        await queue.bind(self.ingress_exchange, routing_key="instance.*")
+        return queue
+
+    async def declare_run_queue(self, channel: AbstractChannel, workflow: str) -> AbstractQueue:
+        queue = await self.declare_consuming_queue(channel, self.run_queue(workflow))
+        await queue.bind(self.engine_exchange, routing_key=self.run_key(workflow))
+        await queue.bind(DELIVERY_EXCHANGE, routing_key=f"#.{self.delayed_key(workflow)}")
+        return queue
+
+    def queue_names(self, workflows: list[str]) -> list[str]:
+        """Every queue of this namespace for these workflows (tests delete them)."""
+        names = [self.ingress_queue, *(self.run_queue(w) for w in workflows)]
+        return names + [f"{name}.dead" for name in names]
+
+
+async def _declare_delay_cascade(channel: AbstractChannel) -> dict[str, AbstractExchange]:
+    topic = aio_pika.ExchangeType.TOPIC
+    parking = await channel.declare_exchange(PARKING, aio_pika.ExchangeType.FANOUT, durable=True)
+    parked = await channel.declare_queue(PARKING, durable=True, arguments=_quorum())
+    await parked.bind(parking)
+    # Unroutable wake-ups at the end of the cascade would block dead-lettering of a whole
+    # level (DESIGN.md): park them instead. The SQL sweeper still wakes their instances.
+    deliver = await channel.declare_exchange(
+        DELIVERY_EXCHANGE, topic, durable=True, arguments={"alternate-exchange": PARKING}
+    )
+    exchanges = {DELIVERY_EXCHANGE: deliver}
+    below = deliver
+    for level in range(DELAY_LEVELS):
+        name = f"{DELAY_PREFIX}.{level}"
+        exchange = await channel.declare_exchange(name, topic, durable=True)
+        queue = await channel.declare_queue(
+            name,
+            durable=True,
+            arguments=_quorum(
+                **{
+                    "x-message-ttl": 2**level,
+                    "x-dead-letter-exchange": below.name,
+                    # Without these two a quorum queue dead-letters at most once (DESIGN.md).
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                }
+            ),
+        )
+        skip = "*." * (DELAY_LEVELS - 1 - level)
+        await queue.bind(exchange, routing_key=f"{skip}1.#")
+        await below.bind(exchange, routing_key=f"{skip}0.#")
+        exchanges[name] = exchange
+        below = exchange
+    return exchanges

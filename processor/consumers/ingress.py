@@ -1,0 +1,54 @@
+"""The ingress queue: create, event and control commands from services and the wire."""
+
+from __future__ import annotations
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from processor.consumers.decoding import BadMessageError, decode
+from processor.engine import commands
+from processor.errors import (
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InstanceStateError,
+    WorkflowNotFoundError,
+)
+from processor.runtime import Runtime
+from processor.store import queries
+from processor.store.database import retry_transient
+from schemas import INGRESS_ROUTES, ControlInstance, CreateInstance, SendEvent, WireModel
+
+
+class IngressConsumer:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        model = INGRESS_ROUTES.get(message.routing_key or "")
+        if model is None:
+            raise BadMessageError(
+                f"unknown routing key {message.routing_key!r}: use one of {sorted(INGRESS_ROUTES)}"
+            )
+        command = decode(message, model)
+        await retry_transient(lambda: self._apply(command, message.message_id))
+
+    async def _apply(self, command: WireModel, message_id: str | None) -> None:
+        try:
+            async with self.runtime.transaction() as tx:
+                # A copy of a message already applied (a redelivery, or a publisher's retry)
+                # changes nothing: the id is recorded in the same transaction as the effect.
+                if message_id and not await queries.mark_processed(tx.session, message_id, tx.now):
+                    return
+                if isinstance(command, CreateInstance):
+                    await commands.create_instances(
+                        tx, command.workflow, [(command.id, command.params)]
+                    )
+                elif isinstance(command, SendEvent):
+                    await commands.send_event(
+                        tx, command.instance_id, command.type, command.payload
+                    )
+                elif isinstance(command, ControlInstance):
+                    await commands.control(tx, command.instance_id, command.action)
+        except InstanceExistsError:
+            return  # a create for an id that exists creates nothing
+        except (WorkflowNotFoundError, InstanceNotFoundError, InstanceStateError) as error:
+            raise BadMessageError(str(error)) from None

@@ -1,0 +1,52 @@
+"""The run queues (`{ns}.run.{workflow}`): advance instances, one round per message."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import Executor
+from datetime import timedelta
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from processor.consumers.decoding import decode
+from processor.engine.rounds import replay_round, run_claimed
+from processor.runtime import Runtime, utcnow
+from processor.store import queries
+from processor.store.database import retry_transient
+from processor.workflow import Workflow
+from schemas import RunInstance
+
+#: A wake-up this early is delayed again rather than run (the cascade rounds to 1 ms).
+EARLY_TOLERANCE = timedelta(milliseconds=2)
+
+
+class RunConsumer:
+    def __init__(
+        self, runtime: Runtime, registry: dict[str, type[Workflow[Any]]], executor: Executor
+    ) -> None:
+        self.runtime = runtime
+        self.registry = registry
+        self.executor = executor
+
+    async def handle(self, workflow: str, message: AbstractIncomingMessage) -> None:
+        command = decode(message, RunInstance)
+        if command.wake_at is not None and command.wake_at - utcnow() > EARLY_TOLERANCE:
+            # A fresh message, never the received one: its x-death headers would make the
+            # broker drop it in the cascade (DESIGN.md).
+            await self.runtime.publisher.publish_run(
+                workflow, message.body, queries.new_message_id(), command.wake_at
+            )
+            return
+        message_id = message.message_id or uuid.uuid4().hex
+        work = await retry_transient(
+            lambda: replay_round(
+                self.runtime,
+                self.registry,
+                command.instance_id,
+                message_id=message_id,
+                redelivered=bool(message.redelivered),
+            )
+        )
+        if work is not None:
+            await run_claimed(self.runtime, work, self.executor)

@@ -1,0 +1,136 @@
+"""Create, send events to and control instances: the same code for the Python client and for
+messages other services publish on `warren.ingress`. Each runs inside a `Runtime.transaction`."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from processor.errors import (
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InstanceStateError,
+    WorkflowNotFoundError,
+)
+from processor.runtime import Tx
+from processor.store import queries
+from processor.store.tables import EventRow, InstanceRow
+from schemas import ID_PATTERN, TERMINAL_STATUSES, ControlAction, InstanceStatusName
+
+_ID = re.compile(ID_PATTERN)
+
+
+def check_instance_id(instance_id: Any) -> str:
+    if not isinstance(instance_id, str) or not _ID.match(instance_id):
+        raise ValueError(f"instance id {instance_id!r} must match {ID_PATTERN}")
+    return instance_id
+
+
+async def create_instances(
+    tx: Tx, workflow: str, items: list[tuple[str | None, dict[str, Any] | None]]
+) -> list[InstanceRow]:
+    """Insert queued instances and their first run messages.
+
+    Raises:
+        WorkflowNotFoundError: no worker ever registered `workflow`.
+        InstanceExistsError: an id is taken (nothing is created).
+    """
+    if not await queries.is_registered(tx.session, workflow):
+        raise WorkflowNotFoundError(workflow)
+    rows = []
+    for instance_id, params in items:
+        row = InstanceRow(
+            id=instance_id or uuid.uuid4().hex,
+            workflow=workflow,
+            status=InstanceStatusName.QUEUED.value,
+            params=params,
+            created_at=tx.now,
+            updated_at=tx.now,
+        )
+        if await queries.get_instance(tx.session, row.id) is not None:
+            raise InstanceExistsError(row.id)
+        tx.session.add(row)
+        rows.append(row)
+    try:
+        await tx.session.flush()
+    except IntegrityError as error:  # a concurrent create of the same id won the race
+        raise InstanceExistsError(", ".join(row.id for row in rows)) from error
+    for row in rows:
+        tx.emit_run(row)
+    return rows
+
+
+async def send_event(tx: Tx, instance_id: str, event_type: str, payload: Any) -> None:
+    """Buffer an event for the instance and wake it.
+
+    Raises:
+        InstanceNotFoundError: no such instance.
+    """
+    instance = await queries.lock_instance(tx.session, instance_id)
+    if instance is None:
+        raise InstanceNotFoundError(instance_id)
+    tx.session.add(
+        EventRow(instance_id=instance_id, type=event_type, payload=payload, received_at=tx.now)
+    )
+    # A paused instance keeps the event for after resume; a finished one never takes it.
+    if instance.status not in TERMINAL_STATUSES and instance.status != InstanceStatusName.PAUSED:
+        tx.emit_run(instance)
+
+
+async def control(tx: Tx, instance_id: str, action: ControlAction) -> InstanceRow:
+    """Pause, resume, terminate or restart an instance.
+
+    Raises:
+        InstanceNotFoundError: no such instance.
+        InstanceStateError: the action does not apply to the instance's status.
+    """
+    instance = await queries.lock_instance(tx.session, instance_id)
+    if instance is None:
+        raise InstanceNotFoundError(instance_id)
+    status = InstanceStatusName(instance.status)
+
+    def refuse() -> InstanceStateError:
+        return InstanceStateError(instance_id, action.value, status.value)
+
+    if action is ControlAction.PAUSE:
+        if status.is_terminal:
+            raise refuse()
+        if status == InstanceStatusName.RUNNING:
+            # Takes effect at the next step boundary: the running attempt finishes first.
+            instance.pause_requested = True
+            instance.status = InstanceStatusName.WAITING_FOR_PAUSE.value
+        elif status in (InstanceStatusName.QUEUED, InstanceStatusName.WAITING):
+            instance.status = InstanceStatusName.PAUSED.value
+    elif action is ControlAction.RESUME:
+        if status.is_terminal:
+            raise refuse()
+        instance.pause_requested = False
+        if status == InstanceStatusName.WAITING_FOR_PAUSE:
+            instance.status = InstanceStatusName.RUNNING.value
+        elif status == InstanceStatusName.PAUSED:
+            # Timers and events that came while paused are acted on by this replay.
+            instance.status = InstanceStatusName.RUNNING.value
+            tx.emit_run(instance)
+    elif action is ControlAction.TERMINATE:
+        if status.is_terminal:
+            if status == InstanceStatusName.TERMINATED:
+                return instance
+            raise refuse()
+        instance.status = InstanceStatusName.TERMINATED.value
+        instance.pause_requested = False
+        await queries.clear_wakeups(tx.session, instance_id)
+    elif action is ControlAction.RESTART:
+        if status == InstanceStatusName.TERMINATED:
+            raise refuse()  # terminate is final
+        await queries.erase_run(tx.session, instance_id)
+        instance.generation += 1
+        instance.status = InstanceStatusName.QUEUED.value
+        instance.pause_requested = False
+        instance.output = None
+        instance.error = None
+        tx.emit_run(instance)
+    instance.updated_at = tx.now
+    return instance

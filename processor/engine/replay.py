@@ -1,0 +1,418 @@
+"""Replay an instance: re-run `run` against its recorded steps and decide what happens next.
+
+A replay is one round. Memoized steps return at once; a due sleep or a buffered event is taken
+on the spot; a step that must run, a sleep not yet due or an event not yet sent parks its branch
+of `run` on a future that is never resolved. When every branch is parked (or `run` returned),
+the round ends: the parked futures are cancelled, and the caller claims the steps to execute and
+schedules the timers. Nothing of the instance stays in memory after the round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import functools
+import traceback
+import typing
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, NoReturn
+
+from pydantic import BaseModel, ValidationError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from processor.durations import Duration, parse_duration
+from processor.engine.results import encode_result
+from processor.errors import (
+    EventTimeoutError,
+    NonDeterminismError,
+    NonRetryableError,
+    RecordedError,
+    SerializationError,
+    StepFailedError,
+)
+from processor.retry import (
+    DEFAULT_EVENT_TIMEOUT,
+    DEFAULT_RETRY,
+    DEFAULT_STEP_TIMEOUT,
+    MAX_SLEEP,
+    RetryPolicy,
+)
+from processor.step import ReceivedEvent, WorkflowStep
+from processor.store import queries
+from processor.store.tables import EventRow, InstanceRow, StepRow
+from processor.workflow import Workflow, WorkflowEvent
+from schemas import ErrorInfo, StepKind, StepStatusName
+
+#: Event-loop turns with no step activity after which every branch of `run` counts as parked.
+#: Each nested asyncio.gather costs one turn before its branches reach a step.
+QUIET_TURNS = 20
+#: A running attempt whose worker has not reported by timeout + this is presumed lost.
+LEASE_GRACE = timedelta(seconds=30)
+MAX_STEP_NAME = 250
+
+
+@dataclass
+class PendingAttempt:
+    """A step attempt the round decided to run, with what running it needs."""
+
+    step: StepRow
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    retries: RetryPolicy
+    timeout: timedelta
+
+
+@dataclass
+class ReplayResult:
+    outcome: Literal["complete", "errored", "suspended"]
+    output: Any = None
+    error: ErrorInfo | None = None
+    attempts: list[PendingAttempt] = field(default_factory=list)
+    #: Some branch waits for an attempt another round is running.
+    waits_on_running: bool = False
+    #: Timers set in this round: each needs a delayed wake-up message.
+    wakeups: set[datetime] = field(default_factory=set)
+
+
+def error_info(error: BaseException) -> ErrorInfo:
+    return ErrorInfo(
+        name=type(error).__name__,
+        message=str(error),
+        traceback="".join(traceback.format_exception(error)),
+    )
+
+
+def rebuild_error(info: ErrorInfo) -> Exception:
+    """A recorded error as an exception: builtin types as themselves, others as RecordedError."""
+    cls = getattr(builtins, info.name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(info.message)
+        except Exception:  # a builtin whose constructor wants other arguments
+            pass
+    if info.name == NonRetryableError.__name__:
+        return NonRetryableError(info.message)
+    return RecordedError(info.name, info.message)
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_return_type(fn: Callable[..., Any]) -> type[BaseModel] | None:
+    """The pydantic model `fn` is annotated to return, if any (its result comes back as one)."""
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    try:
+        hint = typing.get_type_hints(target).get("return")
+    except Exception:  # unresolvable annotations: hand back plain JSON
+        return None
+    return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
+
+
+class Replay:
+    """One round of one instance. Its methods back `WorkflowStep`."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        instance: InstanceRow,
+        steps: typing.Sequence[StepRow],
+        *,
+        now: datetime,
+        message_id: str,
+        redelivered: bool,
+    ) -> None:
+        self.session = session
+        self.instance = instance
+        self.now = now
+        self.message_id = message_id
+        self.redelivered = redelivered
+        self.steps = {step.key: step for step in steps}
+        self.result = ReplayResult("suspended")
+        self._next_seq = max((step.seq for step in steps), default=-1) + 1
+        self._occurrences: Counter[str] = Counter()
+        self._activity = 0
+        self._busy = 0
+        self._parked: list[asyncio.Future[None]] = []
+        self._events: list[EventRow] | None = None
+        self._events_lock = asyncio.Lock()
+
+    async def run(self, workflow: type[Workflow[Any]]) -> ReplayResult:
+        try:
+            payload = workflow.parse_params(self.instance.params)
+        except ValidationError as error:
+            return ReplayResult("errored", error=error_info(error))
+        event = WorkflowEvent(payload, self.instance.id, workflow.name, self.instance.created_at)
+        task = asyncio.ensure_future(workflow().run(event, WorkflowStep(self)))
+        await self._until_quiet(task)
+        for future in self._parked:
+            future.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.wait([task])
+        if task.cancelled() and self._parked:
+            if not (
+                self.result.attempts
+                or self.result.waits_on_running
+                or self.result.wakeups
+                or any(self._waiting_steps())
+            ):
+                return ReplayResult(
+                    "errored",
+                    error=ErrorInfo(
+                        name="NonDeterminismError",
+                        message="run() is parked with nothing to wake it up",
+                    ),
+                )
+            return self.result
+        if task.cancelled() or (not self._parked and not task.done()):
+            return ReplayResult(
+                "errored",
+                error=ErrorInfo(
+                    name="NonDeterminismError",
+                    message="run() awaited something other than a step; await only steps "
+                    "(and asyncio.gather of them) in run()",
+                ),
+            )
+        error = task.exception()
+        if error is not None:
+            return ReplayResult("errored", error=error_info(error))
+        try:
+            output = encode_result("run", task.result())
+        except SerializationError as error:
+            return ReplayResult("errored", error=error_info(error))
+        return ReplayResult("complete", output=output)
+
+    async def _until_quiet(self, task: asyncio.Future[Any]) -> None:
+        seen, quiet = -1, 0
+        while not task.done() and quiet < QUIET_TURNS:
+            if self._activity != seen or self._busy:
+                seen, quiet = self._activity, 0
+            else:
+                quiet += 1
+            await asyncio.sleep(0)
+
+    def _waiting_steps(self) -> typing.Iterator[StepRow]:
+        return (
+            s
+            for s in self.steps.values()
+            if s.status
+            in (StepStatusName.SLEEPING, StepStatusName.WAITING, StepStatusName.RETRYING)
+            and s.wake_at is not None
+        )
+
+    async def _park(self) -> NoReturn:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._parked.append(future)
+        await future
+        raise AssertionError("a parked step was resumed")
+
+    def _step(self, name: str, kind: StepKind) -> tuple[StepRow, bool]:
+        """The step's row, created if this is its first run. Returns (row, is_new)."""
+        self._activity += 1
+        if not isinstance(name, str) or not name or len(name) > MAX_STEP_NAME:
+            raise ValueError(
+                f"a step name must be a non-empty string of at most "
+                f"{MAX_STEP_NAME} characters, got {name!r}"
+            )
+        self._occurrences[name] += 1
+        count = self._occurrences[name]
+        key = name if count == 1 else f"{name}#{count}"
+        row = self.steps.get(key)
+        if row is not None:
+            if row.kind != kind:
+                raise NonDeterminismError(
+                    f"step {key!r} was recorded as {row.kind} but replay met it as {kind.value}: "
+                    "the workflow's code changed under a running instance"
+                )
+            return row, False
+        row = StepRow(
+            instance_id=self.instance.id,
+            key=key,
+            generation=self.instance.generation,
+            seq=self._next_seq,
+            name=name,
+            kind=kind.value,
+            status=StepStatusName.RUNNING.value,
+        )
+        self._next_seq += 1
+        self.steps[key] = row
+        self.session.add(row)
+        return row, True
+
+    def _set_timer(self, row: StepRow, wake_at: datetime) -> None:
+        row.wake_at = wake_at
+        row.swept_at = None
+        self.result.wakeups.add(wake_at)
+
+    def _finish(
+        self,
+        row: StepRow,
+        status: StepStatusName,
+        *,
+        output: Any = None,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        row.status = status.value
+        row.output = output
+        row.error = None if error is None else error.model_dump(mode="json")
+        row.ended_at = self.now
+        row.wake_at = None
+
+    def _failed(self, row: StepRow) -> StepFailedError:
+        info = ErrorInfo.model_validate(row.error)
+        failure = StepFailedError(row.name, row.attempt, info)
+        failure.__cause__ = rebuild_error(info)
+        return failure
+
+    async def do(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        retries: RetryPolicy | None,
+        timeout: Duration | None,
+    ) -> Any:
+        if not callable(fn):
+            raise TypeError(f"step {name!r}: fn must be callable, got {type(fn).__name__}")
+        retries = DEFAULT_RETRY if retries is None else retries
+        if not isinstance(retries, RetryPolicy):
+            raise TypeError(f"step {name!r}: retries must be a RetryPolicy")
+        limit = (
+            DEFAULT_STEP_TIMEOUT
+            if timeout is None
+            else parse_duration(timeout, what=f"timeout of step {name!r}")
+        )
+        row, _ = self._step(name, StepKind.DO)
+        try:
+            if row.status == StepStatusName.COMPLETE:
+                model = _model_return_type(fn)
+                return row.output if model is None else model.model_validate(row.output)
+            if row.status == StepStatusName.FAILED:
+                raise self._failed(row)
+            if row.status == StepStatusName.RUNNING and row.attempt > 0:
+                if not self._attempt_is_lost(row):
+                    self.result.waits_on_running = True
+                    await self._park()
+                lost = ErrorInfo(
+                    name="WorkerLostError",
+                    message=f"the worker running attempt {row.attempt} of step {name!r} stopped "
+                    "before recording a result",
+                )
+                if row.attempt > retries.limit:
+                    self._finish(row, StepStatusName.FAILED, error=lost)
+                    raise self._failed(row)
+                # Retry at once: the back-off is for errors the step raised, not for crashes.
+                row.status = StepStatusName.RETRYING.value
+                row.error = lost.model_dump(mode="json")
+                row.wake_at = self.now
+            if row.status == StepStatusName.RETRYING and row.wake_at and row.wake_at > self.now:
+                await self._park()
+            self.result.attempts.append(PendingAttempt(row, fn, args, retries, limit))
+            await self._park()
+        finally:
+            self._activity += 1
+
+    def _attempt_is_lost(self, row: StepRow) -> bool:
+        """A running attempt is lost when its worker died: the broker redelivered the very
+        message that claimed it, or its lease ran out."""
+        redelivered_claim = self.redelivered and row.claimed_by == self.message_id
+        lease_expired = row.wake_at is not None and row.wake_at <= self.now
+        return redelivered_claim or lease_expired
+
+    async def sleep(self, name: str, duration: Duration) -> None:
+        length = parse_duration(duration, what=f"duration of sleep {name!r}")
+        if length > MAX_SLEEP:
+            raise ValueError(f"sleep {name!r} of {length} is longer than 365 days")
+        await self._sleep(name, lambda: self.now + length)
+
+    async def sleep_until(self, name: str, until: datetime) -> None:
+        if not isinstance(until, datetime) or until.tzinfo is None:
+            raise ValueError(f"sleep_until {name!r} needs an aware datetime, got {until!r}")
+        if until - self.now > MAX_SLEEP:
+            raise ValueError(f"sleep_until {name!r}: {until} is more than 365 days ahead")
+        await self._sleep(name, lambda: until)
+
+    async def _sleep(self, name: str, wake_at: Callable[[], datetime]) -> None:
+        row, is_new = self._step(name, StepKind.SLEEP)
+        try:
+            if is_new:
+                row.status = StepStatusName.SLEEPING.value
+                row.started_at = self.now
+                self._set_timer(row, wake_at())
+            if row.status == StepStatusName.COMPLETE:
+                return
+            if row.wake_at is not None and row.wake_at <= self.now:
+                self._finish(row, StepStatusName.COMPLETE)
+                self.result.wakeups.discard(wake_at())
+                return
+            await self._park()
+        finally:
+            self._activity += 1
+
+    async def wait_for_event(
+        self, name: str, event_type: str, timeout: Duration | None
+    ) -> ReceivedEvent:
+        if not isinstance(event_type, str) or not event_type or len(event_type) > 100:
+            raise ValueError(
+                f"wait_for_event {name!r}: type must be a string of 1 to 100 "
+                f"characters, got {event_type!r}"
+            )
+        limit = (
+            DEFAULT_EVENT_TIMEOUT
+            if timeout is None
+            else parse_duration(timeout, what=f"timeout of wait_for_event {name!r}")
+        )
+        if limit > MAX_SLEEP:
+            raise ValueError(f"wait_for_event {name!r}: timeout is longer than 365 days")
+        row, is_new = self._step(name, StepKind.WAIT_FOR_EVENT)
+        try:
+            if is_new:
+                row.status = StepStatusName.WAITING.value
+                row.event_type = event_type
+                row.started_at = self.now
+                self._set_timer(row, self.now + limit)
+            if row.status == StepStatusName.COMPLETE:
+                return ReceivedEvent(**row.output)
+            if row.status == StepStatusName.FAILED:
+                raise EventTimeoutError(name, event_type)
+            event = await self._take_event(event_type, row.key)
+            if event is not None:
+                received = ReceivedEvent(event.type, event.payload, event.received_at)
+                self.result.wakeups.discard(row.wake_at)  # type: ignore[arg-type]
+                self._finish(
+                    row,
+                    StepStatusName.COMPLETE,
+                    output={
+                        "type": received.type,
+                        "payload": received.payload,
+                        "timestamp": received.timestamp.isoformat(),
+                    },
+                )
+                return received
+            if row.wake_at is not None and row.wake_at <= self.now:
+                timeout_error = EventTimeoutError(name, event_type)
+                self._finish(
+                    row,
+                    StepStatusName.FAILED,
+                    error=ErrorInfo(name=type(timeout_error).__name__, message=str(timeout_error)),
+                )
+                raise timeout_error
+            await self._park()
+        finally:
+            self._activity += 1
+
+    async def _take_event(self, event_type: str, key: str) -> EventRow | None:
+        """The oldest buffered event of this type, marked as taken by step `key`."""
+        self._busy += 1
+        try:
+            async with self._events_lock:
+                if self._events is None:
+                    self._events = await queries.buffered_events(self.session, self.instance.id)
+        finally:
+            self._busy -= 1
+        for event in self._events:
+            if event.type == event_type and event.consumed_by is None:
+                event.consumed_by = key
+                return event
+        return None

@@ -1,0 +1,115 @@
+"""One round of an instance: replay, claim what must run, run it, record the outcomes.
+
+The round's two transactions lock the instance row, so one instance is advanced by one worker
+at a time; step bodies run between them, outside any lock. Fencing (the instance's generation
+and the step's attempt and claim) keeps a late or stale attempt from recording anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from processor.engine.attempts import AttemptOutcome, claim, is_current, record_outcome, run_attempt
+from processor.engine.replay import PendingAttempt, Replay
+from processor.runtime import Runtime
+from processor.store import queries
+from processor.store.database import retry_transient
+from processor.workflow import Workflow
+from schemas import TERMINAL_STATUSES, InstanceStatusName
+
+
+@dataclass
+class ClaimedWork:
+    instance_id: str
+    generation: int
+    claimed_by: str
+    attempts: list[PendingAttempt]
+
+
+async def replay_round(
+    runtime: Runtime,
+    registry: dict[str, type[Workflow[Any]]],
+    instance_id: str,
+    *,
+    message_id: str,
+    redelivered: bool,
+) -> ClaimedWork | None:
+    """Replay the instance and commit its new state; returns the attempts it claimed."""
+    async with runtime.transaction() as tx:
+        instance = await queries.lock_instance(tx.session, instance_id)
+        if instance is None or instance.workflow not in registry:
+            return None
+        if instance.status in TERMINAL_STATUSES or instance.status == InstanceStatusName.PAUSED:
+            return None  # resume publishes a run message of its own
+        steps = await queries.load_steps(tx.session, instance_id)
+        replay = Replay(
+            tx.session, instance, steps, now=tx.now, message_id=message_id, redelivered=redelivered
+        )
+        result = await replay.run(registry[instance.workflow])
+        instance.updated_at = tx.now
+        if result.outcome == "complete":
+            instance.status = InstanceStatusName.COMPLETE.value
+            instance.output = result.output
+            await queries.clear_wakeups(tx.session, instance_id)
+            return None
+        if result.outcome == "errored":
+            instance.status = InstanceStatusName.ERRORED.value
+            instance.error = result.error.model_dump(mode="json") if result.error else None
+            await queries.clear_wakeups(tx.session, instance_id)
+            return None
+        for wake_at in sorted(result.wakeups):
+            tx.emit_run(instance, wake_at=wake_at)
+        if instance.pause_requested:
+            # The step boundary a pause waits for: start nothing new.
+            instance.status = InstanceStatusName.PAUSED.value
+            instance.pause_requested = False
+            return None
+        for pending in result.attempts:
+            claim(pending.step, pending, message_id, tx.now)
+        busy = result.attempts or result.waits_on_running
+        instance.status = (InstanceStatusName.RUNNING if busy else InstanceStatusName.WAITING).value
+        if not result.attempts:
+            return None
+        return ClaimedWork(instance_id, instance.generation, message_id, result.attempts)
+
+
+async def run_claimed(runtime: Runtime, work: ClaimedWork, executor: Executor) -> None:
+    """Run the claimed attempts concurrently, then record their outcomes in one transaction."""
+    outcomes = await asyncio.gather(*(run_attempt(p, executor) for p in work.attempts))
+    await retry_transient(lambda: _record_outcomes(runtime, work, outcomes))
+
+
+async def _record_outcomes(
+    runtime: Runtime, work: ClaimedWork, outcomes: list[AttemptOutcome]
+) -> None:
+    async with runtime.transaction() as tx:
+        instance = await queries.lock_instance(tx.session, work.instance_id)
+        if (
+            instance is None
+            or instance.generation != work.generation
+            or instance.status in TERMINAL_STATUSES
+        ):
+            return  # terminated or restarted meanwhile: this round's results are void
+        keys = [pending.step.key for pending in work.attempts]
+        rows = await queries.load_steps_by_key(tx.session, work.instance_id, keys)
+        finished = False
+        for pending, outcome in zip(work.attempts, outcomes, strict=True):
+            row = rows.get(pending.step.key)
+            if row is None or not is_current(row, pending, work.claimed_by):
+                continue  # a newer attempt took over (this one was presumed lost)
+            retry_at = record_outcome(row, pending, outcome, tx.now)
+            if retry_at is None:
+                finished = True
+            else:
+                tx.emit_run(instance, wake_at=retry_at)
+        instance.updated_at = tx.now
+        if finished:
+            tx.emit_run(instance)
+        elif (
+            instance.status == InstanceStatusName.RUNNING
+            and await queries.count_running_steps(tx.session, work.instance_id) == 0
+        ):
+            instance.status = InstanceStatusName.WAITING.value

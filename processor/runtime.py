@@ -1,0 +1,177 @@
+"""What the client and the worker share: the database, the broker connection, the outbox.
+
+Every state change goes through `Runtime.transaction()`: the run messages it must publish are
+written to the outbox in the same SQL transaction, published with confirms after the commit, and
+their rows deleted in batches afterwards. A crash between commit and publish leaves the rows for
+the relay (`relay_stale_outbox`), so a committed change always gets its message out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+from sqlmodel.ext.asyncio.session import AsyncSession
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from processor import config
+from processor.broker.publisher import Publisher
+from processor.broker.topology import Topology
+from processor.errors import InfrastructureError
+from processor.store import queries
+from processor.store.database import Database
+from processor.store.tables import InstanceRow, OutboxRow
+
+log = logging.getLogger("warren.runtime")
+
+#: An outbox row older than this was not published by its writer: the relay publishes it.
+RELAY_AFTER = timedelta(seconds=5)
+#: How often published outbox rows are deleted, in one statement per batch.
+OUTBOX_DELETE_INTERVAL = 0.2
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Tx:
+    """One SQL transaction plus the run messages it will publish once committed."""
+
+    session: AsyncSession
+    now: datetime
+    outbox: list[OutboxRow] = field(default_factory=list)
+
+    def emit_run(self, instance: InstanceRow, wake_at: datetime | None = None) -> None:
+        """Publish a run message for `instance` after commit (at `wake_at`, if given)."""
+        self.outbox.append(queries.add_run_message(self.session, instance, self.now, wake_at))
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        broker_url: str | None,
+        database_url: str | None,
+        namespace: str | None,
+        database_schema: str | None,
+    ) -> None:
+        self.broker_url = config.broker_url(broker_url)
+        self.database = Database(config.database_url(database_url), schema=database_schema)
+        self.topology = Topology(config.namespace(namespace))
+        self.connection: AbstractRobustConnection | None = None
+        self._publisher: Publisher | None = None
+        self._published: list[int] = []
+        self._deleter: asyncio.Task[None] | None = None
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise RuntimeError("the runtime is not open")
+        return self._publisher
+
+    async def open(self, *, connect_for: float = 10.0) -> None:
+        """Check the database schema, connect to the broker and declare the exchanges."""
+        await self.database.check_migrated()
+        self.connection = await connect_broker(self.broker_url, connect_for)
+        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchanges = await self.topology.declare_exchanges(channel)
+        self._publisher = Publisher(channel, self.topology, exchanges)
+        self._deleter = asyncio.create_task(self._delete_published_forever())
+
+    async def close(self) -> None:
+        if self._deleter is not None:
+            self._deleter.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._deleter
+            await self._delete_published()
+        if self.connection is not None:
+            await self.connection.close()
+        await self.database.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """A transaction whose outbox is published, with confirms, after it commits."""
+        async with self.database.transaction() as session:
+            tx = Tx(session, utcnow())
+            yield tx
+        if tx.outbox:
+            await self.publish_outbox(tx.outbox)
+
+    async def publish_outbox(self, rows: list[OutboxRow]) -> None:
+        """Publish committed outbox rows concurrently; a failure leaves the row for the relay."""
+        results = await asyncio.gather(
+            *(
+                self.publisher.publish_run(
+                    row.workflow, row.body.encode(), row.message_id, row.wake_at
+                )
+                for row in rows
+            ),
+            return_exceptions=True,
+        )
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning(
+                    "publish of outbox row %s failed, the relay will retry: %r", row.id, result
+                )
+            elif row.id is not None:
+                self._published.append(row.id)
+
+    async def relay_stale_outbox(self, limit: int = 500) -> int:
+        """Publish outbox rows their writer left behind. Returns how many were published."""
+        async with self.database.transaction() as session:
+            rows = await queries.stale_outbox(session, utcnow() - RELAY_AFTER, limit)
+        if rows:
+            await self.publish_outbox(rows)
+            await self._delete_published()
+        return len(rows)
+
+    async def _delete_published_forever(self) -> None:
+        while True:
+            await asyncio.sleep(OUTBOX_DELETE_INTERVAL)
+            try:
+                await self._delete_published()
+            except Exception as error:  # the rows stay; the next round deletes them
+                log.warning("deleting published outbox rows failed: %r", error)
+
+    async def _delete_published(self) -> None:
+        ids, self._published = self._published, []
+        if ids:
+            try:
+                async with self.database.transaction() as session:
+                    await queries.delete_outbox(session, ids)
+            except BaseException:
+                self._published.extend(ids)
+                raise
+
+
+async def connect_broker(url: str, connect_for: float) -> AbstractRobustConnection:
+    """Connect to RabbitMQ, retrying for `connect_for` seconds; the connection then reconnects
+    by itself after a broker restart."""
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((OSError, aio_pika.exceptions.AMQPError)),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            stop=stop_after_delay(connect_for),
+            reraise=True,
+        ):
+            with attempt:
+                return await aio_pika.connect_robust(url)
+    except (OSError, aio_pika.exceptions.AMQPError) as error:
+        raise InfrastructureError(
+            f"cannot connect to RabbitMQ at {_redact(url)}: {error}"
+        ) from error
+    raise AssertionError("unreachable")
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

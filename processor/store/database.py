@@ -1,0 +1,124 @@
+"""The SQL engine: SQLite (WAL, one writer at a time) or PostgreSQL (asyncpg)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from processor.errors import DatabaseNotMigratedError
+from processor.store import migrations
+
+T = TypeVar("T")
+
+#: Database errors that pass: a restart, a dropped connection, SQLite's busy lock.
+TRANSIENT_ERRORS = (OperationalError, DBAPIError, OSError, ConnectionError)
+#: How long one operation waits for the database before giving up.
+PATIENCE_S = 120.0
+
+
+async def retry_transient(operation: Callable[[], Awaitable[T]]) -> T:
+    """Run `operation` (a whole transaction), retrying while the database is unreachable.
+
+    A consumer's message stays unacked meanwhile, so a database outage pauses consumption
+    instead of dead-lettering work.
+    """
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT_ERRORS),
+        wait=wait_exponential(multiplier=0.05, max=5),
+        stop=stop_after_delay(PATIENCE_S),
+        reraise=True,
+    ):
+        with attempt:
+            return await operation()
+    raise AssertionError("unreachable")
+
+
+class Database:
+    """One SQLAlchemy async engine plus Warren's session conventions.
+
+    Args:
+        url: a SQLAlchemy URL, `sqlite+aiosqlite:///path` or `postgresql+asyncpg://...`.
+        schema: PostgreSQL only: the schema holding Warren's tables (tests use one each).
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        self.url = url
+        self.schema = schema
+        self.is_sqlite = url.startswith("sqlite")
+        connect_args: dict[str, Any] = {}
+        options: dict[str, Any] = {}
+        if self.is_sqlite:
+            if schema:
+                raise ValueError("a database schema is a PostgreSQL option")
+            connect_args["timeout"] = 30
+        else:
+            options["pool_size"] = 20
+            options["max_overflow"] = 20
+            options["pool_pre_ping"] = True
+            if schema:
+                connect_args["server_settings"] = {"search_path": schema}
+        self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args, **options)
+        if self.is_sqlite:
+            _configure_sqlite(self.engine)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session in one transaction: committed on exit, rolled back on an exception.
+
+        On SQLite the transaction starts with BEGIN IMMEDIATE, so it holds the write lock from
+        its first statement and two writers never deadlock upgrading a read lock.
+        """
+        async with AsyncSession(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    async def create_schema(self) -> None:
+        """PostgreSQL: create `schema` if it does not exist (tests)."""
+        if self.schema:
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+
+    async def drop_schema(self) -> None:
+        if self.schema:
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+
+    async def upgrade(self) -> None:
+        """Apply every migration not yet applied."""
+        await self.create_schema()
+        async with self.engine.begin() as conn:
+            await conn.run_sync(migrations.upgrade)
+
+    async def check_migrated(self) -> None:
+        """Raises DatabaseNotMigratedError unless the database is at the newest migration."""
+        async with self.engine.connect() as conn:
+            found = await conn.run_sync(migrations.current_revision)
+        wanted = migrations.head_revision()
+        if found != wanted:
+            raise DatabaseNotMigratedError(self.url, found, wanted)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's begin event issue BEGIN itself (pysqlite's own is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

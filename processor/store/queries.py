@@ -1,0 +1,197 @@
+"""Every query Warren runs. No SQL outside this package."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from processor.store.tables import (
+    EventRow,
+    InstanceRow,
+    OutboxRow,
+    ProcessedMessageRow,
+    StepRow,
+    WorkflowRow,
+)
+from schemas import RunInstance
+
+#: Instance statuses whose timers still matter.
+ACTIVE_STATUSES = ("queued", "running", "waiting", "waiting_for_pause")
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+async def lock_instance(session: AsyncSession, instance_id: str) -> InstanceRow | None:
+    """The instance row, locked until the transaction ends (SQLite: the whole database is)."""
+    result = await session.exec(
+        select(InstanceRow).where(InstanceRow.id == instance_id).with_for_update()
+    )
+    return result.first()
+
+
+async def get_instance(session: AsyncSession, instance_id: str) -> InstanceRow | None:
+    return await session.get(InstanceRow, instance_id)
+
+
+async def list_instances(
+    session: AsyncSession, workflow: str | None, status: str | None, limit: int
+) -> Sequence[InstanceRow]:
+    query = select(InstanceRow)
+    if workflow is not None:
+        query = query.where(InstanceRow.workflow == workflow)
+    if status is not None:
+        query = query.where(InstanceRow.status == status)
+    query = query.order_by(col(InstanceRow.created_at).desc(), col(InstanceRow.id)).limit(limit)
+    return (await session.exec(query)).all()
+
+
+async def load_steps(session: AsyncSession, instance_id: str) -> Sequence[StepRow]:
+    """All recorded steps of an instance: one query per replay."""
+    query = select(StepRow).where(StepRow.instance_id == instance_id).order_by(col(StepRow.seq))
+    return (await session.exec(query)).all()
+
+
+async def load_steps_by_key(
+    session: AsyncSession, instance_id: str, keys: Sequence[str]
+) -> dict[str, StepRow]:
+    query = select(StepRow).where(StepRow.instance_id == instance_id, col(StepRow.key).in_(keys))
+    return {row.key: row for row in (await session.exec(query)).all()}
+
+
+async def count_running_steps(session: AsyncSession, instance_id: str) -> int:
+    query = (
+        select(sa.func.count())
+        .select_from(StepRow)
+        .where(StepRow.instance_id == instance_id, StepRow.status == "running")
+    )
+    return (await session.exec(query)).one()
+
+
+async def clear_wakeups(session: AsyncSession, instance_id: str) -> None:
+    """A finished instance has no timers left: the sweeper must not wake it."""
+    await session.exec(  # type: ignore[call-overload]
+        sa.update(StepRow).where(col(StepRow.instance_id) == instance_id).values(wake_at=None)
+    )
+
+
+async def erase_run(session: AsyncSession, instance_id: str) -> None:
+    """Restart: forget every step and every event already taken; keep buffered events."""
+    await session.exec(  # type: ignore[call-overload]
+        sa.delete(StepRow).where(col(StepRow.instance_id) == instance_id)
+    )
+    await session.exec(  # type: ignore[call-overload]
+        sa.delete(EventRow).where(
+            col(EventRow.instance_id) == instance_id, col(EventRow.consumed_by).is_not(None)
+        )
+    )
+
+
+async def buffered_events(session: AsyncSession, instance_id: str) -> list[EventRow]:
+    """Events not yet taken by a wait, oldest first."""
+    query = (
+        select(EventRow)
+        .where(EventRow.instance_id == instance_id, col(EventRow.consumed_by).is_(None))
+        .order_by(col(EventRow.id))
+    )
+    return list((await session.exec(query)).all())
+
+
+def add_run_message(
+    session: AsyncSession, instance: InstanceRow, now: datetime, wake_at: datetime | None = None
+) -> OutboxRow:
+    """Record a run message for the instance in the outbox of the current transaction."""
+    body = RunInstance(instance_id=instance.id, wake_at=wake_at).model_dump_json(exclude_none=True)
+    row = OutboxRow(
+        message_id=new_message_id(),
+        workflow=instance.workflow,
+        body=body,
+        wake_at=wake_at,
+        created_at=now,
+    )
+    session.add(row)
+    return row
+
+
+async def delete_outbox(session: AsyncSession, ids: Sequence[int]) -> None:
+    await session.exec(  # type: ignore[call-overload]
+        sa.delete(OutboxRow).where(col(OutboxRow.id).in_(ids))
+    )
+
+
+async def stale_outbox(session: AsyncSession, older_than: datetime, limit: int) -> list[OutboxRow]:
+    """Outbox rows their writer did not publish (it crashed, or the broker was down)."""
+    query = (
+        select(OutboxRow)
+        .where(OutboxRow.created_at < older_than)
+        .order_by(col(OutboxRow.id))
+        .limit(limit)
+    )
+    return list((await session.exec(query)).all())
+
+
+async def mark_processed(session: AsyncSession, message_id: str, now: datetime) -> bool:
+    """Record an applied message id; False if it was applied before (a redelivered copy)."""
+    statement = (
+        _insert(session, ProcessedMessageRow)
+        .values(message_id=message_id, processed_at=now)
+        .on_conflict_do_nothing(index_elements=["message_id"])
+    )
+    result = await session.exec(statement)  # type: ignore[call-overload]
+    return bool(result.rowcount)
+
+
+async def is_registered(session: AsyncSession, workflow: str) -> bool:
+    return await session.get(WorkflowRow, workflow) is not None
+
+
+async def register_workflows(session: AsyncSession, names: Sequence[str], now: datetime) -> None:
+    for name in names:
+        statement = (
+            _insert(session, WorkflowRow)
+            .values(name=name, registered_at=now, last_seen_at=now)
+            .on_conflict_do_update(index_elements=["name"], set_={"last_seen_at": now})
+        )
+        await session.exec(statement)  # type: ignore[call-overload]
+
+
+async def overdue_steps(
+    session: AsyncSession, workflows: Sequence[str], now: datetime, grace: timedelta, limit: int
+) -> list[tuple[StepRow, InstanceRow]]:
+    """Steps whose timer is overdue by more than `grace` and not swept within `grace`.
+
+    The row locks (SKIP LOCKED on PostgreSQL) keep two sweepers off the same timers.
+    """
+    cutoff = now - grace
+    query = (
+        select(StepRow, InstanceRow)
+        .join(InstanceRow, col(InstanceRow.id) == col(StepRow.instance_id))
+        .where(
+            col(StepRow.wake_at) <= cutoff,
+            sa.or_(col(StepRow.swept_at).is_(None), col(StepRow.swept_at) <= cutoff),
+            col(InstanceRow.status).in_(ACTIVE_STATUSES),
+            col(InstanceRow.workflow).in_(workflows),
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=StepRow)  # type: ignore[arg-type]
+    )
+    return [(step, instance) for step, instance in (await session.exec(query)).all()]
+
+
+async def delete_processed_before(session: AsyncSession, before: datetime) -> None:
+    await session.exec(  # type: ignore[call-overload]
+        sa.delete(ProcessedMessageRow).where(col(ProcessedMessageRow.processed_at) < before)
+    )

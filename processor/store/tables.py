@@ -1,0 +1,135 @@
+"""sqlmodel tables. Created and changed only through the migrations in store/migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _time(*, nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+def _json() -> Any:
+    return Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
+
+
+metadata = SQLModel.metadata
+
+
+class WorkflowRow(SQLModel, table=True):
+    """A workflow some worker has registered: creates for other names are refused."""
+
+    __tablename__ = "warren_workflows"
+
+    name: str = Field(primary_key=True, max_length=100)
+    registered_at: datetime = _time(nullable=False)
+    last_seen_at: datetime = _time(nullable=False)
+
+
+class InstanceRow(SQLModel, table=True):
+    __tablename__ = "warren_instances"
+    __table_args__ = (sa.Index("ix_warren_instances_workflow_status", "workflow", "status"),)
+
+    id: str = Field(primary_key=True, max_length=100)
+    workflow: str = Field(max_length=100)
+    status: str = Field(max_length=20, index=True)
+    #: Bumped by restart: results of attempts from an older generation are fenced off.
+    generation: int = 0
+    pause_requested: bool = False
+    params: Any = _json()
+    output: Any = _json()
+    error: Any = _json()
+    created_at: datetime = _time(nullable=False, index=True)
+    updated_at: datetime = _time(nullable=False)
+
+
+class StepRow(SQLModel, table=True):
+    """One step of one instance: a `do`, a sleep or an event wait.
+
+    `wake_at` is the step's timer: when a sleep is due, a retry may start, an event wait times
+    out, or a running attempt's lease expires. The sweeper republishes overdue ones.
+    """
+
+    __tablename__ = "warren_steps"
+
+    instance_id: str = Field(primary_key=True, max_length=100)
+    #: The memo key: the step name, plus "#n" for its n-th occurrence (n >= 2).
+    key: str = Field(primary_key=True, max_length=300)
+    generation: int = 0
+    seq: int
+    name: str = Field(max_length=300)
+    kind: str = Field(max_length=20)
+    status: str = Field(max_length=20)
+    attempt: int = 0
+    #: The message whose replay claimed the running attempt (fencing and crash recovery).
+    claimed_by: str | None = Field(default=None, max_length=64)
+    started_at: datetime | None = _time()
+    ended_at: datetime | None = _time()
+    wake_at: datetime | None = _time(index=True)
+    swept_at: datetime | None = _time()
+    event_type: str | None = Field(default=None, max_length=100)
+    output: Any = _json()
+    error: Any = _json()
+
+
+class EventRow(SQLModel, table=True):
+    """An event sent to an instance, buffered until a wait of its type takes it (FIFO per type)."""
+
+    __tablename__ = "warren_events"
+    __table_args__ = (sa.Index("ix_warren_events_instance_type", "instance_id", "type", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    instance_id: str = Field(max_length=100)
+    type: str = Field(max_length=100)
+    payload: Any = _json()
+    received_at: datetime = _time(nullable=False)
+    #: The key of the wait step that took it; NULL while buffered.
+    consumed_by: str | None = Field(default=None, max_length=300)
+
+
+class OutboxRow(SQLModel, table=True):
+    """A message to publish, written in the same transaction as the state change it reports."""
+
+    __tablename__ = "warren_outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(max_length=64)
+    #: Outbox messages are run messages: this names the run queue they go to.
+    workflow: str = Field(max_length=100)
+    body: str
+    #: Set for a delayed message: it travels through the delay cascade until then.
+    wake_at: datetime | None = _time()
+    created_at: datetime = _time(nullable=False, index=True)
+
+
+class ProcessedMessageRow(SQLModel, table=True):
+    """Ids of ingress messages already applied: a redelivered copy changes nothing."""
+
+    __tablename__ = "warren_processed_messages"
+
+    message_id: str = Field(primary_key=True, max_length=200)
+    processed_at: datetime = _time(nullable=False, index=True)

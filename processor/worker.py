@@ -1,0 +1,193 @@
+"""The worker: consumes the ingress queue and the run queues of the workflows it serves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+from processor.consumers.base import settle
+from processor.consumers.ingress import IngressConsumer
+from processor.consumers.runs import RunConsumer
+from processor.runtime import Runtime, utcnow
+from processor.store import queries
+from processor.workflow import Workflow, build_registry
+
+log = logging.getLogger("warren.worker")
+
+#: Past this lateness a wake-up is republished by the sweeper: the delay cascade restarts a
+#: level's clock after a broker outage, so SQL's due time is the truth.
+SWEEP_GRACE = timedelta(seconds=5)
+SWEEP_INTERVAL_S = 1.0
+RELAY_INTERVAL_S = 2.0
+#: Processed ingress message ids are kept this long for deduplication.
+DEDUP_RETENTION = timedelta(days=7)
+
+
+class Worker:
+    """Runs workflows: `async with Worker(...):` consumes until the block exits.
+
+    Args:
+        workflows: the Workflow classes this worker serves; it consumes only their run queues
+            (plus the shared ingress queue), so workers with different sets share a broker.
+        broker_url: default `WARREN_BROKER_URL`.
+        database_url: default `WARREN_DATABASE_URL`.
+        concurrency: messages (instances) handled at once by this process.
+        namespace: prefix of queues and exchanges (default `WARREN_NAMESPACE` or "warren").
+        shutdown_grace: seconds in-flight steps get to finish on stop; unfinished ones are
+            released unacked and redelivered to another worker.
+    """
+
+    def __init__(
+        self,
+        workflows: Iterable[type[Workflow[Any]]],
+        *,
+        broker_url: str | None = None,
+        database_url: str | None = None,
+        concurrency: int = 100,
+        namespace: str | None = None,
+        database_schema: str | None = None,
+        shutdown_grace: float = 30.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.registry = build_registry(workflows)
+        self.concurrency = concurrency
+        self.shutdown_grace = shutdown_grace
+        self.runtime = Runtime(
+            broker_url=broker_url,
+            database_url=database_url,
+            namespace=namespace,
+            database_schema=database_schema,
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="warren-step"
+        )
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect, register the workflows, declare the queues and start consuming.
+
+        Raises:
+            DatabaseNotMigratedError: the database lacks Warren's tables.
+            InfrastructureError: the broker cannot be reached.
+        """
+        runtime = self.runtime
+        await runtime.open(connect_for=60.0)
+        async with runtime.transaction() as tx:
+            await queries.register_workflows(tx.session, sorted(self.registry), tx.now)
+        assert runtime.connection is not None
+        channel = await runtime.connection.channel()
+        await channel.set_qos(prefetch_count=self.concurrency)
+        topology = runtime.topology
+        ingress = IngressConsumer(runtime)
+        await self._consume(await topology.declare_ingress_queue(channel), ingress.handle)
+        runs = RunConsumer(runtime, self.registry, self._executor)
+        for name in sorted(self.registry):
+            queue = await topology.declare_run_queue(channel, name)
+            await self._consume(queue, lambda m, name=name: runs.handle(name, m))
+        self._background = [
+            asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_overdue_timers)),
+            asyncio.create_task(self._every(RELAY_INTERVAL_S, runtime.relay_stale_outbox)),
+            asyncio.create_task(self._every(3600, self._forget_old_message_ids)),
+        ]
+        log.info("worker serving %s", ", ".join(sorted(self.registry)))
+
+    async def _consume(
+        self,
+        queue: AbstractQueue,
+        handler: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    ) -> None:
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.create_task(settle(self.runtime, queue.name, message, handler))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+        tag = await queue.consume(on_message)
+        self._consumers.append((queue, tag))
+
+    async def stop(self) -> None:
+        """Stop taking messages, give in-flight ones `shutdown_grace` to finish, release the
+        rest unacked (the broker redelivers them), and disconnect."""
+        for queue, tag in self._consumers:
+            with suppress(Exception):
+                await queue.cancel(tag)
+        self._consumers.clear()
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=self.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
+        await self.runtime.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self) -> None:
+        """Run until cancelled, SIGTERM or SIGINT, then stop gracefully."""
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+            async with self:
+                await stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def sweep_overdue_timers(self) -> int:
+        """Wake instances whose timer is overdue by more than SWEEP_GRACE (its delayed message
+        was lost or held up by a broker outage). Returns how many instances were woken."""
+        async with self.runtime.transaction() as tx:
+            overdue = await queries.overdue_steps(
+                tx.session, sorted(self.registry), tx.now, SWEEP_GRACE, limit=500
+            )
+            woken = {}
+            for step, instance in overdue:
+                step.swept_at = tx.now
+                woken[instance.id] = instance
+            for instance in woken.values():
+                tx.emit_run(instance)
+        if woken:
+            log.info("sweeper woke %d instances with overdue timers", len(woken))
+        return len(woken)
+
+    async def _forget_old_message_ids(self) -> None:
+        async with self.runtime.transaction() as tx:
+            await queries.delete_processed_before(tx.session, utcnow() - DEDUP_RETENTION)
+
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception as error:  # the next run tries again
+                log.warning("%s failed: %r", getattr(job, "__name__", job), error)

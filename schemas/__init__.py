@@ -1,0 +1,46 @@
+"""Warren's wire contract: pydantic models for every JSON message and status record.
+
+This package imports only pydantic, so other services can depend on it alone. The JSON Schemas
+in `schemas/json/` are generated from these models by `python -m schemas` and a test keeps them
+in step.
+"""
+
+from schemas.commands import (
+    ID_PATTERN,
+    INGRESS_ROUTES,
+    MAX_MESSAGE_BYTES,
+    ControlAction,
+    ControlInstance,
+    CreateInstance,
+    RunInstance,
+    SendEvent,
+    WireModel,
+)
+from schemas.records import (
+    TERMINAL_STATUSES,
+    ErrorInfo,
+    InstanceStatus,
+    InstanceStatusName,
+    StepKind,
+    StepRecord,
+    StepStatusName,
+)
+
+__all__ = [
+    "ID_PATTERN",
+    "INGRESS_ROUTES",
+    "MAX_MESSAGE_BYTES",
+    "TERMINAL_STATUSES",
+    "ControlAction",
+    "ControlInstance",
+    "CreateInstance",
+    "ErrorInfo",
+    "InstanceStatus",
+    "InstanceStatusName",
+    "RunInstance",
+    "SendEvent",
+    "StepKind",
+    "StepRecord",
+    "StepStatusName",
+    "WireModel",
+]

@@ -1,0 +1,93 @@
+"""Wire commands: the JSON messages other services publish to the `warren.ingress` exchange.
+
+Routing keys: `instance.create` (CreateInstance), `instance.event` (SendEvent) and
+`instance.control` (ControlInstance). Internal engine messages (RunInstance) travel on the
+engine exchange; they are documented here too because they are JSON on the wire as well.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
+
+#: Instance ids and workflow names: safe in a URL, a routing key and a log line.
+ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$"
+
+InstanceId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+WorkflowName = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+EventType = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+#: Largest message body Warren accepts; bigger ones are dead-lettered.
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CreateInstance(WireModel):
+    """Create an instance of a workflow. A create for an id that exists creates nothing."""
+
+    workflow: WorkflowName
+    id: InstanceId | None = None
+    params: dict[str, Any] | None = None
+
+
+class SendEvent(WireModel):
+    """Deliver an event to an instance; buffered until a `wait_for_event` of its type takes it."""
+
+    instance_id: InstanceId
+    type: EventType
+    payload: Any = None
+
+
+class ControlAction(StrEnum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    TERMINATE = "terminate"
+    RESTART = "restart"
+
+
+class ControlInstance(WireModel):
+    """Pause, resume, terminate or restart an instance."""
+
+    instance_id: InstanceId
+    action: ControlAction
+
+
+class RunInstance(WireModel):
+    """Internal: advance an instance by one replay. Published by the engine, never by services.
+
+    `wake_at` is set on timer wake-ups (sleeps, retry back-offs, event timeouts); a copy that
+    arrives early is delayed again, and a stale one changes nothing because the replay reads
+    the due times from SQL.
+    """
+
+    kind: Literal["run"] = "run"
+    instance_id: InstanceId
+    wake_at: AwareDatetime | None = None
+
+
+#: The routing key of each ingress command.
+INGRESS_ROUTES: dict[str, type[WireModel]] = {
+    "instance.create": CreateInstance,
+    "instance.event": SendEvent,
+    "instance.control": ControlInstance,
+}
+
+__all__ = [
+    "ID_PATTERN",
+    "INGRESS_ROUTES",
+    "MAX_MESSAGE_BYTES",
+    "ControlAction",
+    "ControlInstance",
+    "CreateInstance",
+    "EventType",
+    "InstanceId",
+    "RunInstance",
+    "SendEvent",
+    "WireModel",
+    "WorkflowName",
+]
