@@ -20,10 +20,6 @@ help:
 venv:
 	./scripts/setup-venv
 
-# mypy is not among the [test] extras, so install it on demand.
-$(BIN)/mypy: | venv
-	$(BIN)/python -m pip install -q mypy
-
 check: format-check lint typecheck unit
 
 format-check: venv
@@ -32,7 +28,7 @@ format-check: venv
 lint: venv
 	$(BIN)/ruff check $(SRC)
 
-typecheck: venv $(BIN)/mypy
+typecheck: venv
 	$(BIN)/mypy
 
 unit: venv

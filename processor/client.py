@@ -23,7 +23,9 @@ from schemas import (
     ErrorInfo,
     InstanceStatus,
     InstanceStatusName,
+    StepKind,
     StepRecord,
+    StepStatusName,
 )
 
 MAX_BATCH = 100
@@ -231,8 +233,8 @@ def _status(row: InstanceRow, steps: Sequence[StepRow]) -> InstanceStatus:
         steps=[
             StepRecord(
                 name=step.key,
-                kind=step.kind,  # type: ignore[arg-type]
-                status=step.status,  # type: ignore[arg-type]
+                kind=StepKind(step.kind),
+                status=StepStatusName(step.status),
                 attempts=step.attempt,
                 started_at=step.started_at,
                 ended_at=step.ended_at,

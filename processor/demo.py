@@ -79,11 +79,13 @@ async def run_demo(
 ) -> InstanceStatus:
     """Migrate, start a worker, run one DemoOrder to completion, and return its status."""
     started = time.perf_counter()
-    settings = {"broker_url": broker_url, "database_url": database_url, "namespace": namespace}
     database = Database(config.database_url(database_url))
     await database.upgrade()
     await database.close()
-    async with Worker([DemoOrder], **settings), Client(**settings) as client:
+    async with (
+        Worker([DemoOrder], broker_url=broker_url, database_url=database_url, namespace=namespace),
+        Client(broker_url, database_url, namespace=namespace) as client,
+    ):
         order_id = f"demo-{uuid.uuid4().hex[:8]}"
         instance = await client.create(
             DemoOrder, Order(order_id=order_id, amount_cents=4200), id=order_id

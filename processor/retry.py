@@ -53,8 +53,8 @@ class RetryPolicy:
     def delay_before(self, retry: int) -> timedelta:
         """The back-off before retry number `retry` (1 for the first retry)."""
         factor = {"constant": 1, "linear": retry, "exponential": 2 ** (retry - 1)}[self.backoff]
-        delay = self.delay * factor
-        return min(delay, self.max_delay) if self.max_delay is not None else delay
+        delay: timedelta = self.delay * factor
+        return delay if self.max_delay is None else min(delay, self.max_delay)
 
 
 DEFAULT_RETRY = RetryPolicy()

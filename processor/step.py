@@ -60,8 +60,8 @@ class WorkflowStep:
     async def do(
         self,
         name: str,
-        fn: Callable[..., Any],
-        *args: Any,
+        fn: Callable[[*Ts], Any],
+        *args: *Ts,
         retries: RetryPolicy | None = None,
         timeout: Duration | None = None,
     ) -> Any:

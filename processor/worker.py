@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
@@ -107,7 +108,7 @@ class Worker:
         runs = RunConsumer(runtime, self.registry, self._executor)
         for name in sorted(self.registry):
             queue = await topology.declare_run_queue(channel, name)
-            await self._consume(queue, lambda m, name=name: runs.handle(name, m))
+            await self._consume(queue, functools.partial(runs.handle, name))
         self._background = [
             asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_overdue_timers)),
             asyncio.create_task(self._every(RELAY_INTERVAL_S, runtime.relay_stale_outbox)),

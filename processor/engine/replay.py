@@ -174,9 +174,9 @@ class Replay:
                     "(and asyncio.gather of them) in run()",
                 ),
             )
-        error = task.exception()
-        if error is not None:
-            return ReplayResult("errored", error=error_info(error))
+        failure = task.exception()
+        if failure is not None:
+            return ReplayResult("errored", error=error_info(failure))
         try:
             output = encode_result("run", task.result())
         except SerializationError as error:
@@ -379,7 +379,8 @@ class Replay:
             event = await self._take_event(event_type, row.key)
             if event is not None:
                 received = ReceivedEvent(event.type, event.payload, event.received_at)
-                self.result.wakeups.discard(row.wake_at)  # type: ignore[arg-type]
+                if row.wake_at is not None:
+                    self.result.wakeups.discard(row.wake_at)
                 self._finish(
                     row,
                     StepStatusName.COMPLETE,

@@ -83,17 +83,15 @@ async def count_running_steps(session: AsyncSession, instance_id: str) -> int:
 
 async def clear_wakeups(session: AsyncSession, instance_id: str) -> None:
     """A finished instance has no timers left: the sweeper must not wake it."""
-    await session.exec(  # type: ignore[call-overload]
+    await session.exec(
         sa.update(StepRow).where(col(StepRow.instance_id) == instance_id).values(wake_at=None)
     )
 
 
 async def erase_run(session: AsyncSession, instance_id: str) -> None:
     """Restart: forget every step and every event already taken; keep buffered events."""
-    await session.exec(  # type: ignore[call-overload]
-        sa.delete(StepRow).where(col(StepRow.instance_id) == instance_id)
-    )
-    await session.exec(  # type: ignore[call-overload]
+    await session.exec(sa.delete(StepRow).where(col(StepRow.instance_id) == instance_id))
+    await session.exec(
         sa.delete(EventRow).where(
             col(EventRow.instance_id) == instance_id, col(EventRow.consumed_by).is_not(None)
         )
@@ -127,9 +125,7 @@ def add_run_message(
 
 
 async def delete_outbox(session: AsyncSession, ids: Sequence[int]) -> None:
-    await session.exec(  # type: ignore[call-overload]
-        sa.delete(OutboxRow).where(col(OutboxRow.id).in_(ids))
-    )
+    await session.exec(sa.delete(OutboxRow).where(col(OutboxRow.id).in_(ids)))
 
 
 async def stale_outbox(session: AsyncSession, older_than: datetime, limit: int) -> list[OutboxRow]:
@@ -150,7 +146,7 @@ async def mark_processed(session: AsyncSession, message_id: str, now: datetime) 
         .values(message_id=message_id, processed_at=now)
         .on_conflict_do_nothing(index_elements=["message_id"])
     )
-    result = await session.exec(statement)  # type: ignore[call-overload]
+    result = await session.exec(statement)
     return bool(result.rowcount)
 
 
@@ -165,7 +161,7 @@ async def register_workflows(session: AsyncSession, names: Sequence[str], now: d
             .values(name=name, registered_at=now, last_seen_at=now)
             .on_conflict_do_update(index_elements=["name"], set_={"last_seen_at": now})
         )
-        await session.exec(statement)  # type: ignore[call-overload]
+        await session.exec(statement)
 
 
 async def overdue_steps(
@@ -186,12 +182,12 @@ async def overdue_steps(
             col(InstanceRow.workflow).in_(workflows),
         )
         .limit(limit)
-        .with_for_update(skip_locked=True, of=StepRow)  # type: ignore[arg-type]
+        .with_for_update(skip_locked=True, of=StepRow)
     )
     return [(step, instance) for step, instance in (await session.exec(query)).all()]
 
 
 async def delete_processed_before(session: AsyncSession, before: datetime) -> None:
-    await session.exec(  # type: ignore[call-overload]
+    await session.exec(
         sa.delete(ProcessedMessageRow).where(col(ProcessedMessageRow.processed_at) < before)
     )
