@@ -90,9 +90,11 @@ class Runtime:
             self._deleter.cancel()
             with suppress(asyncio.CancelledError):
                 await self._deleter
+            self._deleter = None
             await self._delete_published()
         if self.connection is not None:
             await self.connection.close()
+            self.connection = None
         await self.database.close()
 
     @asynccontextmanager

@@ -95,6 +95,13 @@ class Worker:
             DatabaseNotMigratedError: the database lacks Warren's tables.
             InfrastructureError: the broker cannot be reached.
         """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         runtime = self.runtime
         await runtime.open(connect_for=60.0)
         async with runtime.transaction() as tx:
