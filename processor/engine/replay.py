@@ -145,27 +145,14 @@ class Replay:
         event = WorkflowEvent(payload, self.instance.id, workflow.name, self.instance.created_at)
         task = asyncio.ensure_future(workflow().run(event, WorkflowStep(self)))
         await self._until_quiet(task)
+        is_parked = not task.done()
         for future in self._parked:
             future.cancel()
-        if not task.done():
-            task.cancel()
+        task.cancel()
         await asyncio.wait([task])
-        if task.cancelled() and self._parked:
-            if not (
-                self.result.attempts
-                or self.result.waits_on_running
-                or self.result.wakeups
-                or any(self._waiting_steps())
-            ):
-                return ReplayResult(
-                    "errored",
-                    error=ErrorInfo(
-                        name="NonDeterminismError",
-                        message="run() is parked with nothing to wake it up",
-                    ),
-                )
-            return self.result
-        if task.cancelled() or (not self._parked and not task.done()):
+        if is_parked:
+            if self._parked:
+                return self.result
             return ReplayResult(
                 "errored",
                 error=ErrorInfo(
@@ -191,15 +178,6 @@ class Replay:
             else:
                 quiet += 1
             await asyncio.sleep(0)
-
-    def _waiting_steps(self) -> typing.Iterator[StepRow]:
-        return (
-            s
-            for s in self.steps.values()
-            if s.status
-            in (StepStatusName.SLEEPING, StepStatusName.WAITING, StepStatusName.RETRYING)
-            and s.wake_at is not None
-        )
 
     async def _park(self) -> NoReturn:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
