@@ -24,7 +24,7 @@ _UNITS = {
     "w": 604800,
     "week": 604800,
 }
-_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+?)s?\s*$")
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$")
 
 
 def parse_duration(value: Duration, *, what: str = "duration") -> timedelta:
@@ -44,7 +44,9 @@ def parse_duration(value: Duration, *, what: str = "duration") -> timedelta:
         result = timedelta(seconds=value)
     elif isinstance(value, str):
         match = _PATTERN.match(value.lower())
-        unit = match and (_UNITS.get(match.group(2)) or _UNITS.get(match.group(2) + "s"))
+        word = match.group(2) if match else ""
+        # The whole word first ("ms" is milliseconds), then without a plural "s".
+        unit = _UNITS.get(word) or _UNITS.get(word.removesuffix("s"))
         if not match or unit is None:
             raise ValueError(
                 f"{what} {value!r} is not a duration: use e.g. '10 seconds', '1 minute', '3 days'"

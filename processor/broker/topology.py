@@ -30,6 +30,7 @@ DELAY_LEVELS = 35
 DELAY_PREFIX = "warren.delay"
 DELIVERY_EXCHANGE = f"{DELAY_PREFIX}.deliver"
 PARKING = f"{DELAY_PREFIX}.parked"
+PARKED_TTL_MS = 7 * 24 * 3600 * 1000
 #: A message redelivered this many times is dead-lettered by the broker (a crash loop).
 DELIVERY_LIMIT = 20
 
@@ -134,7 +135,10 @@ class Topology:
 async def _declare_delay_cascade(channel: AbstractChannel) -> dict[str, AbstractExchange]:
     topic = aio_pika.ExchangeType.TOPIC
     parking = await channel.declare_exchange(PARKING, aio_pika.ExchangeType.FANOUT, durable=True)
-    parked = await channel.declare_queue(PARKING, durable=True, arguments=_quorum())
+    # Parked wake-ups are kept a week for inspection; their instances were woken by the sweeper.
+    parked = await channel.declare_queue(
+        PARKING, durable=True, arguments=_quorum(**{"x-message-ttl": PARKED_TTL_MS})
+    )
     await parked.bind(parking)
     # Unroutable wake-ups at the end of the cascade would block dead-lettering of a whole
     # level (DESIGN.md): park them instead. The SQL sweeper still wakes their instances.

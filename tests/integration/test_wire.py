@@ -1,0 +1,373 @@
+"""The wire contract (issue 2): other services publish JSON with plain aio-pika to
+`{namespace}.ingress`; bad input is dead-lettered to `{namespace}.ingress.dead` with a reason,
+and good messages keep flowing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from processor import EventTimeoutError, Workflow, WorkflowEvent, WorkflowStep
+from tests.conftest import TestEnv, assert_eventually
+from tests.integration.helpers import Wire, created, error_reason, open_wire
+
+#: Step side effects, by (instance id, step name).
+CALLS: Counter[tuple[str, str]] = Counter()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_counters() -> None:
+    CALLS.clear()
+
+
+async def record(instance_id: str, name: str) -> str:
+    CALLS[instance_id, name] += 1
+    return name
+
+
+class Echo(Workflow[dict[str, Any]]):
+    name = "wire-echo"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
+        await step.do("echo", record, event.instance_id, "echo")
+        return event.payload
+
+
+class Napper(Workflow[dict[str, Any]]):
+    name = "wire-napper"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
+        await step.do("before", record, event.instance_id, "before")
+        await step.sleep("nap", event.payload["nap"])
+        await step.do("after", record, event.instance_id, "after")
+        return "rested"
+
+
+class TwoWaits(Workflow[dict[str, Any]]):
+    """Takes one "ping" event, then reports whether a second one came within a second."""
+
+    name = "wire-two-waits"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
+        first = await step.wait_for_event("first ping", type="ping", timeout="30 seconds")
+        try:
+            second = await step.wait_for_event("second ping", type="ping", timeout=1)
+        except EventTimeoutError:
+            return {"first": first.payload, "second": "timed out"}
+        return {"first": first.payload, "second": second.payload}
+
+
+@pytest.fixture
+async def wire(env: TestEnv) -> Any:
+    async with open_wire(env) as opened:
+        yield opened
+
+
+async def ingress_is_drained(env: TestEnv, wire: Wire, marker_id: str) -> None:
+    """Wait until every ingress message published before this call has been applied.
+
+    The worker runs with concurrency 1, so ingress messages are applied one at a time in order:
+    once a create published last has taken effect, everything before it has too.
+    """
+    await wire.publish("instance.create", {"workflow": "wire-echo", "id": marker_id})
+    await created(env.client, marker_id)
+
+
+async def status_of(env: TestEnv, instance_id: str) -> str:
+    return (await (await env.client.get(instance_id)).status()).status.value
+
+
+# --- instance.create ---------------------------------------------------------------------
+
+
+async def test_a_create_message_with_an_id_creates_and_runs_that_instance(
+    env: TestEnv, wire: Wire
+) -> None:
+    await env.start_worker(Echo)
+
+    await wire.publish(
+        "instance.create", {"workflow": "wire-echo", "id": "w-1", "params": {"n": 1}}
+    )
+
+    instance = await created(env.client, "w-1")
+    assert await instance.result(timeout=20) == {"n": 1}
+
+
+async def test_a_create_message_without_an_id_creates_and_runs_an_instance(
+    env: TestEnv, wire: Wire
+) -> None:
+    await env.start_worker(Echo)
+
+    await wire.publish("instance.create", {"workflow": "wire-echo", "params": {"n": 2}})
+
+    async def one_listed() -> bool:
+        return len(await env.client.list(workflow="wire-echo")) == 1
+
+    await assert_eventually(one_listed, what="the instance to be created")
+    (listed,) = await env.client.list(workflow="wire-echo")
+    instance = await env.client.get(listed.id)
+    assert await instance.result(timeout=20) == {"n": 2}
+
+
+async def test_a_second_create_message_for_a_taken_id_creates_nothing(
+    env: TestEnv, wire: Wire
+) -> None:
+    await env.start_worker(Echo, concurrency=1)
+    await wire.publish(
+        "instance.create", {"workflow": "wire-echo", "id": "dup", "params": {"v": 1}}
+    )
+    instance = await created(env.client, "dup")
+    assert await instance.result(timeout=20) == {"v": 1}
+    before = await instance.status()
+
+    await wire.publish(
+        "instance.create", {"workflow": "wire-echo", "id": "dup", "params": {"v": 2}}
+    )
+    await ingress_is_drained(env, wire, "marker")
+
+    after = await instance.status()
+    assert after.status == "complete"
+    assert after.params == {"v": 1}
+    assert after.output == {"v": 1}
+    assert after.updated_at == before.updated_at
+    assert CALLS["dup", "echo"] == 1
+    assert [s.id for s in await env.client.list(workflow="wire-echo")].count("dup") == 1
+    assert await wire.message_count(f"{wire.topology.ingress_queue}.dead") == 0
+
+
+async def test_a_create_message_delivered_twice_creates_one_instance(
+    env: TestEnv, wire: Wire
+) -> None:
+    await env.start_worker(Echo, concurrency=1)
+
+    # No instance id: only the message id tells the copies apart from two creates.
+    for _ in range(2):
+        await wire.publish("instance.create", {"workflow": "wire-echo"}, message_id="create-once")
+    await ingress_is_drained(env, wire, "marker")
+
+    instances = [s for s in await env.client.list() if s.id != "marker"]
+    assert len(instances) == 1
+
+
+# --- instance.event ----------------------------------------------------------------------
+
+
+async def test_an_event_message_delivered_twice_is_buffered_once(env: TestEnv, wire: Wire) -> None:
+    await env.start_worker(TwoWaits)
+    instance = await env.client.create(TwoWaits, id="pinged")
+
+    for _ in range(2):
+        await wire.publish(
+            "instance.event",
+            {"instance_id": "pinged", "type": "ping", "payload": {"n": 1}},
+            message_id="ping-once",
+        )
+
+    assert await instance.result(timeout=20) == {"first": {"n": 1}, "second": "timed out"}
+
+
+async def test_two_event_messages_with_different_ids_are_both_delivered(
+    env: TestEnv, wire: Wire
+) -> None:
+    await env.start_worker(TwoWaits)
+    instance = await env.client.create(TwoWaits, id="pinged")
+
+    for n in (1, 2):
+        await wire.publish(
+            "instance.event", {"instance_id": "pinged", "type": "ping", "payload": {"n": n}}
+        )
+
+    # Consumers apply ingress messages concurrently: the two may be buffered in either order.
+    result = await instance.result(timeout=20)
+    assert sorted([result["first"]["n"], result["second"]["n"]]) == [1, 2]
+
+
+# --- instance.control --------------------------------------------------------------------
+
+
+async def control(wire: Wire, instance_id: str, action: str) -> None:
+    await wire.publish("instance.control", {"instance_id": instance_id, "action": action})
+
+
+async def test_pause_and_resume_messages_hold_and_release_a_sleeping_instance(
+    env: TestEnv, wire: Wire
+) -> None:
+    await env.start_worker(Napper)
+    instance = await env.client.create(Napper, {"nap": 1.5}, id="sleeper")
+
+    async def sleeping() -> bool:
+        return await status_of(env, "sleeper") == "waiting"
+
+    await assert_eventually(sleeping, what="the instance to sleep")
+    (nap,) = [s for s in (await instance.status()).steps if s.name == "nap"]
+    assert nap.wake_at is not None
+
+    await control(wire, "sleeper", "pause")
+
+    async def paused() -> bool:
+        return await status_of(env, "sleeper") == "paused"
+
+    await assert_eventually(paused, what="the pause message to take effect")
+    # Real time must pass: the wake-up is a delayed message in the real broker.
+    await asyncio.sleep((nap.wake_at - datetime.now(UTC)).total_seconds() + 1.0)
+    assert await status_of(env, "sleeper") == "paused"
+    assert CALLS["sleeper", "after"] == 0
+
+    await control(wire, "sleeper", "resume")
+    assert await instance.result(timeout=20) == "rested"
+    assert CALLS["sleeper", "after"] == 1
+
+
+async def test_a_terminate_message_ends_an_instance_for_good(env: TestEnv, wire: Wire) -> None:
+    await env.start_worker(Napper)
+    instance = await env.client.create(Napper, {"nap": 1.5}, id="doomed")
+
+    async def sleeping() -> bool:
+        return await status_of(env, "doomed") == "waiting"
+
+    await assert_eventually(sleeping, what="the instance to sleep")
+
+    await control(wire, "doomed", "terminate")
+
+    async def terminated() -> bool:
+        return await status_of(env, "doomed") == "terminated"
+
+    await assert_eventually(terminated, what="the terminate message to take effect")
+    await asyncio.sleep(2.5)  # past the sleep's due time
+    assert await status_of(env, "doomed") == "terminated"
+    assert CALLS["doomed", "after"] == 0
+    assert (await instance.status()).status == "terminated"
+
+
+async def test_a_restart_message_runs_a_complete_instance_again(env: TestEnv, wire: Wire) -> None:
+    await env.start_worker(Echo)
+    instance = await env.client.create(Echo, {"v": 1}, id="again")
+    await instance.result(timeout=20)
+
+    await control(wire, "again", "restart")
+
+    async def ran_twice() -> bool:
+        return CALLS["again", "echo"] == 2 and await status_of(env, "again") == "complete"
+
+    await assert_eventually(ran_twice, what="the restarted instance to complete")
+    assert await instance.result(timeout=5) == {"v": 1}
+
+
+# --- poison messages ---------------------------------------------------------------------
+
+NESTED = ("[" * 100_000 + "]" * 100_000).encode()
+OVERSIZED = json.dumps({"workflow": "wire-echo", "params": {"pad": "x" * (1024 * 1024)}}).encode()
+
+#: message id -> (routing key, body, content type, words the dead-letter reason must contain)
+POISON: dict[str, tuple[str, bytes, str, list[str]]] = {
+    "invalid-json": ("instance.create", b'{"workflow": ', "application/json", ["not JSON"]),
+    "wrong-schema": (
+        "instance.create",
+        json.dumps({"workflow": "wire-echo", "colour": "blue"}).encode(),
+        "application/json",
+        ["CreateInstance", "colour"],
+    ),
+    "missing-field": (
+        "instance.create",
+        json.dumps({"params": {}}).encode(),
+        "application/json",
+        ["CreateInstance", "workflow"],
+    ),
+    "unknown-workflow": (
+        "instance.create",
+        json.dumps({"workflow": "no-such-workflow"}).encode(),
+        "application/json",
+        ["not registered", "no-such-workflow"],
+    ),
+    "not-utf8": ("instance.create", b'{"workflow": "\xff\xfe"}', "application/json", ["UTF-8"]),
+    "pickle-content-type": (
+        "instance.create",
+        pickle.dumps({"workflow": "wire-echo"}),
+        "application/x-python-pickle",
+        ["content type", "application/x-python-pickle"],
+    ),
+    "pickle-body": (
+        "instance.create",
+        pickle.dumps({"workflow": "wire-echo"}),
+        "application/json",
+        ["UTF-8"],
+    ),
+    "ascii-pickle-body": (
+        "instance.create",
+        pickle.dumps({"workflow": "wire-echo"}, protocol=0),
+        "application/json",
+        ["not JSON"],
+    ),
+    "nested": ("instance.create", NESTED, "application/json", ["nested"]),
+    "nan": (
+        "instance.create",
+        b'{"workflow": "wire-echo", "params": {"x": NaN}}',
+        "application/json",
+        ["not JSON", "NaN"],
+    ),
+    "oversized": ("instance.create", OVERSIZED, "application/json", ["1048576"]),
+    "unknown-route": (
+        "instance.frobnicate",
+        json.dumps({"workflow": "wire-echo"}).encode(),
+        "application/json",
+        ["routing key", "instance.frobnicate"],
+    ),
+    "event-for-nobody": (
+        "instance.event",
+        json.dumps({"instance_id": "nobody", "type": "ping"}).encode(),
+        "application/json",
+        ["nobody"],
+    ),
+    "unknown-action": (
+        "instance.control",
+        json.dumps({"instance_id": "poison-target", "action": "frobnicate"}).encode(),
+        "application/json",
+        ["ControlInstance", "action"],
+    ),
+}
+
+
+async def test_poison_messages_are_dead_lettered_with_a_reason_and_good_ones_still_flow(
+    env: TestEnv, wire: Wire
+) -> None:
+    await env.start_worker(Echo)
+    target = await env.client.create(Echo, {"v": 0}, id="poison-target")
+    await target.result(timeout=20)
+
+    for message_id, (key, body, content_type, _) in POISON.items():
+        await wire.publish(key, body, message_id=message_id, content_type=content_type)
+    for n in range(3):
+        await wire.publish("instance.create", {"workflow": "wire-echo", "id": f"good-{n}"})
+
+    for n in range(3):
+        assert await (await created(env.client, f"good-{n}")).result(timeout=20) == {}
+
+    dead_queue = f"{wire.topology.ingress_queue}.dead"
+
+    async def all_dead_lettered() -> bool:
+        return await wire.message_count(dead_queue) >= len(POISON)
+
+    await assert_eventually(all_dead_lettered, what="every poison message to be dead-lettered")
+    dead = {str(m.message_id): m for m in await wire.take(dead_queue)}
+    assert sorted(dead) == sorted(POISON)
+    for message_id, (key, body, _, words) in POISON.items():
+        message = dead[message_id]
+        reason = error_reason(message)
+        for word in words:
+            assert word in reason, f"{message_id}: {word!r} not in {reason!r}"
+        assert message.body == body, message_id
+        assert (message.headers or {}).get("x-original-routing-key") == key
+    # Nothing the poison messages named was created, and the good instances are untouched.
+    assert {s.id for s in await env.client.list()} == {
+        "poison-target",
+        "good-0",
+        "good-1",
+        "good-2",
+    }
+    assert await wire.message_count(wire.topology.ingress_queue) == 0
