@@ -1,4 +1,4 @@
-"""Checked by mypy (see pyproject's [tool.mypy] files), ignored by pytest: the public API's types."""
+"""Checked by mypy (see [tool.mypy] files in pyproject.toml), ignored by pytest."""
 
 from __future__ import annotations
 
