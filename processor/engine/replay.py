@@ -351,7 +351,12 @@ class Replay:
                 row.started_at = self.now
                 self._set_timer(row, self.now + limit)
             if row.status == StepStatusName.COMPLETE:
-                return ReceivedEvent(**row.output)
+                recorded = row.output
+                return ReceivedEvent(
+                    recorded["type"],
+                    recorded["payload"],
+                    datetime.fromisoformat(recorded["timestamp"]),
+                )
             if row.status == StepStatusName.FAILED:
                 raise EventTimeoutError(name, event_type)
             event = await self._take_event(event_type, row.key)
