@@ -75,6 +75,12 @@ class Worker:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._is_consuming = False
+
+    @property
+    def is_consuming(self) -> bool:
+        """Started, consuming every queue, and not stopping."""
+        return self._is_consuming
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -121,6 +127,7 @@ class Worker:
             asyncio.create_task(self._every(RELAY_INTERVAL_S, runtime.relay_stale_outbox)),
             asyncio.create_task(self._every(3600, self._forget_old_message_ids)),
         ]
+        self._is_consuming = True
         log.info("worker serving %s", ", ".join(sorted(self.registry)))
 
     async def _consume(
@@ -139,6 +146,7 @@ class Worker:
     async def stop(self) -> None:
         """Stop taking messages, give in-flight ones `shutdown_grace` to finish, release the
         rest unacked (the broker redelivers them), and disconnect."""
+        self._is_consuming = False
         for queue, tag in self._consumers:
             with suppress(Exception):
                 await queue.cancel(tag)

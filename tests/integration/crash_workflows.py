@@ -49,3 +49,18 @@ class CrashMidStep(Workflow[Ledger]):
             await step.do("slow", slow, path),
             await step.do("last", last, path),
         ]
+
+
+async def brief(path: str) -> str:
+    record(path, "brief:start")
+    await asyncio.sleep(1.5)  # the test sends SIGTERM meanwhile
+    record(path, "brief:end")
+    return "brief done"
+
+
+class StopMidStep(Workflow[Ledger]):
+    name = "stop-mid-step"
+
+    async def run(self, event: WorkflowEvent[Ledger], step: WorkflowStep) -> list[str]:
+        path = event.payload.path
+        return [await step.do("brief", brief, path), await step.do("last", last, path)]

@@ -6,19 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from typing import Any
 
 from processor import Worker
 from processor.cli import find_workflows
 
 
-async def main(settings: dict[str, str], module: str) -> None:
+async def main(settings: dict[str, Any], module: str) -> None:
     worker = Worker(find_workflows([module]), **settings)
-    await worker.start()
+    # Worker.run, as `warren worker` does: SIGTERM stops it gracefully.
+    running = asyncio.create_task(worker.run())
+    while not worker.is_consuming and not running.done():  # noqa: ASYNC110 - a property
+        await asyncio.sleep(0.01)
     print("ready", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await worker.stop()
+    await running
 
 
 if __name__ == "__main__":
