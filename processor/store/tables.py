@@ -115,12 +115,15 @@ class OutboxRow(SQLModel, table=True):
     """A message to publish, written in the same transaction as the state change it reports."""
 
     __tablename__ = "warren_outbox"
+    # Published rows are deleted by id, possibly twice (writer and relay): SQLite must never
+    # hand a deleted row's id to a new row.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(max_length=64)
     #: Outbox messages are run messages: this names the run queue they go to.
     workflow: str = Field(max_length=100)
-    body: str
+    body: str = Field(sa_type=sa.Text)
     #: Set for a delayed message: it travels through the delay cascade until then.
     wake_at: datetime | None = _time()
     created_at: datetime = _time(nullable=False, index=True)

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("consumed_by", sa.String(length=300), nullable=True),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("warren_events", schema=None) as batch_op:
         batch_op.create_index(
@@ -63,6 +64,7 @@ def upgrade() -> None:
         sa.Column("wake_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("warren_outbox", schema=None) as batch_op:
         batch_op.create_index(
