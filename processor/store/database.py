@@ -49,7 +49,7 @@ class Database:
         schema: PostgreSQL only: the schema holding Warren's tables (tests use one each).
     """
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 20) -> None:
         self.url = url
         self.schema = schema
         self.is_sqlite = url.startswith("sqlite")
@@ -60,9 +60,12 @@ class Database:
                 raise ValueError("a database schema is a PostgreSQL option")
             connect_args["timeout"] = 30
         else:
-            options["pool_size"] = 20
-            options["max_overflow"] = 20
-            options["pool_pre_ping"] = True
+            # No overflow: an overflow connection is closed on check-in, and reconnecting for
+            # each transaction under load costs more than waiting for a pooled one. A round
+            # holds one connection at a time, so waiting cannot deadlock.
+            options["pool_size"] = pool_size
+            options["max_overflow"] = 0
+            options["pool_recycle"] = 1800
             if schema:
                 connect_args["server_settings"] = {"search_path": schema}
         self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args, **options)
