@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from processor.durations import Duration, parse_duration
 from processor.engine import commands
-from processor.engine.results import encode_result
+from processor.engine.results import to_json_data
 from processor.errors import InstanceFailedError, InstanceNotFoundError
 from processor.runtime import Runtime
 from processor.store import queries
@@ -29,6 +29,7 @@ from schemas import (
 )
 
 MAX_BATCH = 100
+MAX_LIST = 1000
 
 
 class Client:
@@ -127,6 +128,8 @@ class Client:
         self, workflow: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[InstanceStatus]:
         """The newest instances, optionally of one workflow or status (without their steps)."""
+        if not 1 <= limit <= MAX_LIST:
+            raise ValueError(f"limit must be between 1 and {MAX_LIST}, got {limit}")
         if status is not None:
             status = InstanceStatusName(status).value
         async with self.runtime.database.transaction() as session:
@@ -146,7 +149,10 @@ class Client:
             raise ValueError(
                 f"event type must be a string of 1 to 100 characters, got {event_type!r}"
             )
-        data = encode_result(f"event {event_type}", payload)
+        try:
+            data = to_json_data(payload)
+        except ValueError as error:
+            raise ValueError(f"the payload of event {event_type!r} {error}") from None
         async with self.runtime.transaction() as tx:
             await commands.send_event(tx, instance_id, event_type, data)
 

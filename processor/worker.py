@@ -76,6 +76,7 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._is_consuming = False
+        self._slots = asyncio.Semaphore(concurrency)
 
     @property
     def is_consuming(self) -> bool:
@@ -135,8 +136,14 @@ class Worker:
         queue: AbstractQueue,
         handler: Callable[[AbstractIncomingMessage], Awaitable[None]],
     ) -> None:
+        async def handle(message: AbstractIncomingMessage) -> None:
+            # Prefetch is per queue (quorum queues have no channel-wide QoS): the semaphore
+            # makes `concurrency` a limit for the whole worker.
+            async with self._slots:
+                await settle(self.runtime, queue.name, message, handler)
+
         async def on_message(message: AbstractIncomingMessage) -> None:
-            task = asyncio.create_task(settle(self.runtime, queue.name, message, handler))
+            task = asyncio.create_task(handle(message))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Iterable
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get
 
 from pydantic import BaseModel, TypeAdapter
 
+from processor.engine.results import to_json_data
 from processor.errors import RegistrationError
 from schemas import ID_PATTERN
 
@@ -63,12 +65,18 @@ class Workflow(Generic[P]):
     def parse_params(cls, params: Any) -> P:
         """Validate stored params into what `event.payload` should be."""
         value = {} if params is None else params
-        result: P = TypeAdapter(cls.params_type).validate_python(value)
+        result: P = _adapter(cls.params_type).validate_python(value)
         return result
 
     @classmethod
     def dump_params(cls, params: Any) -> dict[str, Any] | None:
-        """Params as the JSON object stored and sent; validated first when the class is known."""
+        """Params as the JSON object stored and sent; validated first when the class is known.
+
+        Raises:
+            TypeError: params that are not a dict or a pydantic model.
+            ValueError: params that are not JSON or are over 1 MiB as JSON.
+            pydantic.ValidationError: params the workflow's params model rejects.
+        """
         if params is None:
             return None
         if isinstance(params, BaseModel):
@@ -79,8 +87,17 @@ class Workflow(Generic[P]):
                 f"{type(params).__name__}"
             )
         if cls is not Workflow:
-            cls.parse_params(params)
-        return params
+            params = _adapter(cls.params_type).dump_python(cls.parse_params(params), mode="json")
+        try:
+            data: dict[str, Any] = to_json_data(params)
+        except ValueError as error:
+            raise ValueError(f"params {error}") from None
+        return data
+
+
+@functools.cache
+def _adapter(params_type: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(params_type)
 
 
 def check_workflow_class(cls: type[Workflow[Any]]) -> None:

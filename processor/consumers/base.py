@@ -25,7 +25,14 @@ async def settle(
         await handler(message)
     except BadMessageError as error:
         log.warning("dead-lettering message %s from %s: %s", message.message_id, queue, error)
-        await runtime.publisher.dead_letter(message, queue, str(error))
+        try:
+            await runtime.publisher.dead_letter(message, queue, str(error))
+        except Exception:
+            log.exception(
+                "dead-lettering message %s failed; it goes back to the queue", message.message_id
+            )
+            await _settle_quietly(message.nack(requeue=True))
+            return
     except Exception:
         log.exception(
             "message %s from %s failed; it goes back to the queue", message.message_id, queue

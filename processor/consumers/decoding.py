@@ -12,6 +12,9 @@ from schemas import MAX_MESSAGE_BYTES, WireModel
 
 M = TypeVar("M", bound=WireModel)
 
+#: Message ids are recorded for deduplication in a column of this width.
+MAX_MESSAGE_ID = 200
+
 
 class BadMessageError(Exception):
     """A message that can never be applied; its text is the dead-letter reason."""
@@ -23,6 +26,8 @@ def _refuse_constant(name: str) -> Any:
 
 def decode(message: AbstractIncomingMessage, model: type[M]) -> M:
     body = message.body
+    if message.message_id is not None and len(message.message_id) > MAX_MESSAGE_ID:
+        raise BadMessageError(f"message_id is over {MAX_MESSAGE_ID} characters")
     if len(body) > MAX_MESSAGE_BYTES:
         raise BadMessageError(f"body is {len(body)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
     content_type = (message.content_type or "application/json").split(";")[0].strip().lower()

@@ -37,21 +37,31 @@ async def run_attempt(pending: PendingAttempt, executor: Executor) -> AttemptOut
     result ignored."""
     step = pending.step
     seconds = pending.timeout.total_seconds()
+    deadline = asyncio.timeout(seconds)
     try:
-        if _is_async(pending.fn):
-            result = await asyncio.wait_for(pending.fn(*pending.args), seconds)
-        else:
-            call = functools.partial(pending.fn, *pending.args)
-            future = asyncio.get_running_loop().run_in_executor(executor, call)
-            result = await asyncio.wait_for(future, seconds)
+        async with deadline:
+            if _is_async(pending.fn):
+                result = await pending.fn(*pending.args)
+            else:
+                call = functools.partial(pending.fn, *pending.args)
+                result = await asyncio.get_running_loop().run_in_executor(executor, call)
         return AttemptOutcome(output=encode_result(step.name, result))
-    except TimeoutError:
-        timeout = StepTimeoutError(step.name, step.attempt, seconds)
-        return AttemptOutcome(error=error_info(timeout))
     except (NonRetryableError, SerializationError) as error:
         return AttemptOutcome(error=error_info(error), is_retryable=False)
-    except Exception as error:
+    except BaseException as error:
+        if deadline.expired():
+            timeout = StepTimeoutError(step.name, step.attempt, seconds)
+            return AttemptOutcome(error=error_info(timeout))
+        if isinstance(error, KeyboardInterrupt) or _is_cancelling_us(error):
+            raise  # the worker is stopping: the attempt is released, not failed
+        # Anything else the body raised, even a stray CancelledError or SystemExit, is the
+        # step's failure; it must not escape and strand the message.
         return AttemptOutcome(error=error_info(error))
+
+
+def _is_cancelling_us(error: BaseException) -> bool:
+    task = asyncio.current_task()
+    return isinstance(error, asyncio.CancelledError) and task is not None and task.cancelling() > 0
 
 
 def claim(step: StepRow, pending: PendingAttempt, claimed_by: str, now: datetime) -> None:

@@ -109,6 +109,11 @@ def _model_return_type(fn: Callable[..., Any]) -> type[BaseModel] | None:
     return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
 
 
+class _ReplayClosed(BaseException):
+    """Raised by step calls made after the round ended (from a `finally` block, say): the
+    round's state is decided, and such a call may neither park nor record anything."""
+
+
 class Replay:
     """One round of one instance. Its methods back `WorkflowStep`."""
 
@@ -131,6 +136,10 @@ class Replay:
         self.result = ReplayResult("suspended")
         self._next_seq = max((step.seq for step in steps), default=-1) + 1
         self._occurrences: Counter[str] = Counter()
+        #: The task that first used each step name: a repeated name must stay in one branch,
+        #: or which occurrence is which would depend on the order branches reach it.
+        self._name_owner: dict[str, asyncio.Task[Any] | None] = {}
+        self._is_closed = False
         self._activity = 0
         self._busy = 0
         self._parked: list[asyncio.Future[None]] = []
@@ -146,11 +155,15 @@ class Replay:
         task = asyncio.ensure_future(workflow().run(event, WorkflowStep(self)))
         await self._until_quiet(task)
         is_parked = not task.done()
+        self._is_closed = True
         for future in self._parked:
             future.cancel()
         task.cancel()
+        # Cancelled branches unwind now; a step call in a `finally` raises _ReplayClosed.
         await asyncio.wait([task])
         if is_parked:
+            if not task.cancelled():
+                task.exception()  # _ReplayClosed from a `finally`: nothing to report
             if self._parked:
                 return self.result
             return ReplayResult(
@@ -180,6 +193,8 @@ class Replay:
             await asyncio.sleep(0)
 
     async def _park(self) -> NoReturn:
+        if self._is_closed:
+            raise _ReplayClosed
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._parked.append(future)
         await future
@@ -188,10 +203,19 @@ class Replay:
     def _step(self, name: str, kind: StepKind) -> tuple[StepRow, bool]:
         """The step's row, created if this is its first run. Returns (row, is_new)."""
         self._activity += 1
+        if self._is_closed:
+            raise _ReplayClosed
         if not isinstance(name, str) or not name or len(name) > MAX_STEP_NAME:
             raise ValueError(
                 f"a step name must be a non-empty string of at most "
                 f"{MAX_STEP_NAME} characters, got {name!r}"
+            )
+        branch = asyncio.current_task()
+        owner = self._name_owner.setdefault(name, branch)
+        if owner is not branch:
+            raise NonDeterminismError(
+                f"step name {name!r} is used by two parallel branches; give each branch's "
+                "steps their own names (a repeated name is fine within one branch)"
             )
         self._occurrences[name] += 1
         count = self._occurrences[name]

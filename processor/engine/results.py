@@ -1,4 +1,4 @@
-"""Step results as JSON: what may be recorded and how big."""
+"""Step results, params and event payloads as JSON: what may be recorded and how big."""
 
 from __future__ import annotations
 
@@ -10,25 +10,33 @@ import pydantic_core
 from processor.errors import SerializationError
 from schemas import MAX_MESSAGE_BYTES
 
-#: A step result (or workflow output) larger than this fails the step, non-retryably.
-MAX_RESULT_BYTES = MAX_MESSAGE_BYTES
+#: A step result, params, an event payload or a workflow output larger than this is refused.
+MAX_JSON_BYTES = MAX_MESSAGE_BYTES
 
 
-def encode_result(step_name: str, value: Any) -> Any:
-    """`value` as plain JSON data (pydantic models dumped), or SerializationError."""
-    type_name = type(value).__name__
+def to_json_data(value: Any) -> Any:
+    """`value` as plain JSON data (pydantic models dumped).
+
+    Raises:
+        ValueError: the value is not JSON, holds NaN or Infinity, or is over 1 MiB as JSON;
+            the message says which, as a predicate ("is not JSON-serializable (...)").
+    """
     try:
         data = pydantic_core.to_jsonable_python(value)
         text = json.dumps(data, allow_nan=False, separators=(",", ":"))
     except (pydantic_core.PydanticSerializationError, TypeError) as error:
-        raise SerializationError(
-            step_name, type_name, f"is not JSON-serializable ({error})"
-        ) from None
+        raise ValueError(f"is not JSON-serializable ({error})") from None
     except ValueError:
-        raise SerializationError(step_name, type_name, "contains NaN or Infinity") from None
+        raise ValueError("contains NaN or Infinity") from None
     size = len(text.encode())
-    if size > MAX_RESULT_BYTES:
-        raise SerializationError(
-            step_name, type_name, f"is {size} bytes as JSON, over the {MAX_RESULT_BYTES}-byte limit"
-        )
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"is {size} bytes as JSON, over the {MAX_JSON_BYTES}-byte limit")
     return data
+
+
+def encode_result(step_name: str, value: Any) -> Any:
+    """A step's result as JSON data, or SerializationError naming the step and the type."""
+    try:
+        return to_json_data(value)
+    except ValueError as error:
+        raise SerializationError(step_name, type(value).__name__, str(error)) from None

@@ -77,13 +77,18 @@ async def replay_round(
 
 
 async def run_claimed(runtime: Runtime, work: ClaimedWork, executor: Executor) -> None:
-    """Run the claimed attempts concurrently, then record their outcomes in one transaction."""
-    outcomes = await asyncio.gather(*(run_attempt(p, executor) for p in work.attempts))
-    await retry_transient(lambda: _record_outcomes(runtime, work, outcomes))
+    """Run the claimed attempts concurrently, recording each outcome as soon as it is known,
+    so a fast step's result (and lease) never waits for a slow sibling."""
+
+    async def run_and_record(pending: PendingAttempt) -> None:
+        outcome = await run_attempt(pending, executor)
+        await retry_transient(lambda: _record_outcome(runtime, work, pending, outcome))
+
+    await asyncio.gather(*(run_and_record(pending) for pending in work.attempts))
 
 
-async def _record_outcomes(
-    runtime: Runtime, work: ClaimedWork, outcomes: list[AttemptOutcome]
+async def _record_outcome(
+    runtime: Runtime, work: ClaimedWork, pending: PendingAttempt, outcome: AttemptOutcome
 ) -> None:
     async with runtime.transaction() as tx:
         instance = await queries.lock_instance(tx.session, work.instance_id)
@@ -92,24 +97,21 @@ async def _record_outcomes(
             or instance.generation != work.generation
             or instance.status in TERMINAL_STATUSES
         ):
-            return  # terminated or restarted meanwhile: this round's results are void
-        keys = [pending.step.key for pending in work.attempts]
-        rows = await queries.load_steps_by_key(tx.session, work.instance_id, keys)
-        finished = False
-        for pending, outcome in zip(work.attempts, outcomes, strict=True):
-            row = rows.get(pending.step.key)
-            if row is None or not is_current(row, pending, work.claimed_by):
-                continue  # a newer attempt took over (this one was presumed lost)
-            retry_at = record_outcome(row, pending, outcome, tx.now)
-            if retry_at is None:
-                finished = True
-            else:
-                tx.emit_run(instance, wake_at=retry_at)
+            return  # terminated or restarted meanwhile: this attempt's result is void
+        rows = await queries.load_steps_by_key(tx.session, work.instance_id, [pending.step.key])
+        row = rows.get(pending.step.key)
+        if row is None or not is_current(row, pending, work.claimed_by):
+            return  # a newer attempt took over (this one was presumed lost)
+        retry_at = record_outcome(row, pending, outcome, tx.now)
         instance.updated_at = tx.now
-        if finished:
-            tx.emit_run(instance)
-        elif (
-            instance.status == InstanceStatusName.RUNNING
-            and await queries.count_running_steps(tx.session, work.instance_id) == 0
-        ):
-            instance.status = InstanceStatusName.WAITING.value
+        if retry_at is None:
+            tx.emit_run(instance)  # the step is done: the next round goes on from it
+            return
+        tx.emit_run(instance, wake_at=retry_at)
+        if await queries.count_running_steps(tx.session, work.instance_id) == 0:
+            # Nothing runs during the back-off: a pause asked for meanwhile takes effect now.
+            if instance.pause_requested:
+                instance.pause_requested = False
+                instance.status = InstanceStatusName.PAUSED.value
+            elif instance.status == InstanceStatusName.RUNNING:
+                instance.status = InstanceStatusName.WAITING.value

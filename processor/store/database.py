@@ -8,18 +8,26 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from processor.errors import DatabaseNotMigratedError
 from processor.store import migrations
 
 T = TypeVar("T")
 
-#: Database errors that pass: a restart, a dropped connection, SQLite's busy lock.
-TRANSIENT_ERRORS = (OperationalError, DBAPIError, OSError, ConnectionError)
+
+def is_transient(error: BaseException) -> bool:
+    """Database errors that pass: a restart, a dropped connection, SQLite's busy lock, a full
+    pool. Integrity and data errors are not: retrying them cannot help."""
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, OperationalError | InterfaceError | PoolTimeoutError | OSError)
+
+
 #: How long one operation waits for the database before giving up.
 PATIENCE_S = 120.0
 
@@ -31,7 +39,7 @@ async def retry_transient(operation: Callable[[], Awaitable[T]]) -> T:
     instead of dead-lettering work.
     """
     async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(TRANSIENT_ERRORS),
+        retry=retry_if_exception(is_transient),
         wait=wait_exponential(multiplier=0.05, max=5),
         stop=stop_after_delay(PATIENCE_S),
         reraise=True,

@@ -19,6 +19,7 @@ from schemas import MAX_MESSAGE_BYTES, ControlInstance, CreateInstance, SendEven
 class FakeMessage:
     body: bytes
     content_type: str | None = "application/json"
+    message_id: str | None = None
 
 
 def message(body: bytes | dict[str, Any], content_type: str | None = "application/json") -> Any:
@@ -165,3 +166,9 @@ def test_a_poison_message_is_refused_with_a_reason_that_names_the_problem(
     for word in words:
         assert word in reason, f"{word!r} not in {reason!r}"
     assert len(reason) < 2000
+
+
+def test_a_message_id_too_long_to_record_is_refused() -> None:
+    fake = FakeMessage(b'{"workflow": "w"}', "application/json", "m" * 201)
+    with pytest.raises(BadMessageError, match="message_id is over 200 characters"):
+        decode(cast(AbstractIncomingMessage, fake), CreateInstance)
