@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import signal
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -18,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from processor.consumers.base import settle
 from processor.consumers.ingress import IngressConsumer
 from processor.consumers.runs import RunConsumer
+from processor.engine.replay import WORKER_STALE, Claimant
 from processor.runtime import Runtime, utcnow
 from processor.store import queries
 from processor.workflow import Workflow, build_registry
@@ -28,6 +30,8 @@ log = logging.getLogger("warren.worker")
 #: level's clock after a broker outage, so SQL's due time is the truth.
 SWEEP_GRACE = timedelta(seconds=5)
 SWEEP_INTERVAL_S = 1.0
+#: Well inside WORKER_STALE, so a live worker is never taken for dead.
+HEARTBEAT_INTERVAL_S = 2.0
 RELAY_INTERVAL_S = 2.0
 #: Processed ingress message ids are kept this long for deduplication.
 DEDUP_RETENTION = timedelta(days=7)
@@ -77,6 +81,7 @@ class Worker:
         self._background: list[asyncio.Task[None]] = []
         self._is_consuming = False
         self._slots = asyncio.Semaphore(concurrency)
+        self.claimant = Claimant(uuid.uuid4().hex)
 
     @property
     def is_consuming(self) -> bool:
@@ -113,18 +118,21 @@ class Worker:
         await runtime.open(connect_for=60.0)
         async with runtime.transaction() as tx:
             await queries.register_workflows(tx.session, sorted(self.registry), tx.now)
+            await queries.beat(tx.session, self.claimant.worker_id, tx.now)
         assert runtime.connection is not None
         channel = await runtime.connection.channel()
         await channel.set_qos(prefetch_count=self.concurrency)
         topology = runtime.topology
         ingress = IngressConsumer(runtime)
         await self._consume(await topology.declare_ingress_queue(channel), ingress.handle)
-        runs = RunConsumer(runtime, self.registry, self._executor)
+        runs = RunConsumer(runtime, self.registry, self.claimant, self._executor)
         for name in sorted(self.registry):
             queue = await topology.declare_run_queue(channel, name)
             await self._consume(queue, functools.partial(runs.handle, name))
         self._background = [
+            asyncio.create_task(self._every(HEARTBEAT_INTERVAL_S, self._beat)),
             asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_overdue_timers)),
+            asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_orphaned_attempts)),
             asyncio.create_task(self._every(RELAY_INTERVAL_S, runtime.relay_stale_outbox)),
             asyncio.create_task(self._every(3600, self._forget_old_message_ids)),
         ]
@@ -170,6 +178,11 @@ class Worker:
             with suppress(asyncio.CancelledError):
                 await task
         self._background.clear()
+        # Before disconnecting: the released messages are redelivered when the connection
+        # closes, and whoever gets them must see this worker gone to retry its attempts at once.
+        with suppress(Exception):
+            async with self.runtime.database.transaction() as session:
+                await queries.forget_worker(session, self.claimant.worker_id)
         await self.runtime.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -202,6 +215,27 @@ class Worker:
         if woken:
             log.info("sweeper woke %d instances with overdue timers", len(woken))
         return len(woken)
+
+    async def sweep_orphaned_attempts(self) -> int:
+        """Wake instances with a running attempt whose worker stopped beating (it crashed):
+        their replay presumes the attempt lost and retries it. Returns how many were woken."""
+        async with self.runtime.transaction() as tx:
+            orphaned = await queries.orphaned_steps(
+                tx.session, sorted(self.registry), tx.now, tx.now - WORKER_STALE, limit=500
+            )
+            woken = {}
+            for step, instance in orphaned:
+                step.swept_at = tx.now
+                woken[instance.id] = instance
+            for instance in woken.values():
+                tx.emit_run(instance)
+        if woken:
+            log.info("woke %d instances whose running attempt lost its worker", len(woken))
+        return len(woken)
+
+    async def _beat(self) -> None:
+        async with self.runtime.database.transaction() as session:
+            await queries.beat(session, self.claimant.worker_id, utcnow())
 
     async def _forget_old_message_ids(self) -> None:
         async with self.runtime.transaction() as tx:

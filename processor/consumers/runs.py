@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from concurrent.futures import Executor
 from datetime import timedelta
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from processor.consumers.decoding import decode
+from processor.engine.replay import Claimant
 from processor.engine.rounds import replay_round, run_claimed
 from processor.runtime import Runtime, utcnow
 from processor.store import queries
@@ -23,10 +23,15 @@ EARLY_TOLERANCE = timedelta(milliseconds=2)
 
 class RunConsumer:
     def __init__(
-        self, runtime: Runtime, registry: dict[str, type[Workflow[Any]]], executor: Executor
+        self,
+        runtime: Runtime,
+        registry: dict[str, type[Workflow[Any]]],
+        claimant: Claimant,
+        executor: Executor,
     ) -> None:
         self.runtime = runtime
         self.registry = registry
+        self.claimant = claimant
         self.executor = executor
 
     async def handle(self, workflow: str, message: AbstractIncomingMessage) -> None:
@@ -38,15 +43,8 @@ class RunConsumer:
                 workflow, message.body, queries.new_message_id(), command.wake_at
             )
             return
-        message_id = message.message_id or uuid.uuid4().hex
         work = await retry_transient(
-            lambda: replay_round(
-                self.runtime,
-                self.registry,
-                command.instance_id,
-                message_id=message_id,
-                redelivered=bool(message.redelivered),
-            )
+            lambda: replay_round(self.runtime, self.registry, command.instance_id, self.claimant)
         )
         if work is not None:
-            await run_claimed(self.runtime, work, self.executor)
+            await run_claimed(self.runtime, work, self.claimant, self.executor)

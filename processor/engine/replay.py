@@ -51,6 +51,8 @@ from schemas import ErrorInfo, StepKind, StepStatusName
 QUIET_TURNS = 20
 #: A running attempt whose worker has not reported by timeout + this is presumed lost.
 LEASE_GRACE = timedelta(seconds=30)
+#: A worker whose last heartbeat is older than this is presumed dead, its attempts lost.
+WORKER_STALE = timedelta(seconds=10)
 MAX_STEP_NAME = 250
 
 
@@ -63,6 +65,15 @@ class PendingAttempt:
     args: tuple[Any, ...]
     retries: RetryPolicy
     timeout: timedelta
+
+
+@dataclass
+class Claimant:
+    """The worker process that replays and runs attempts."""
+
+    worker_id: str
+    #: (instance id, step key, attempt) of the attempts this process is running now.
+    running: set[tuple[str, str, int]] = field(default_factory=set)
 
 
 @dataclass
@@ -124,14 +135,14 @@ class Replay:
         steps: typing.Sequence[StepRow],
         *,
         now: datetime,
-        message_id: str,
-        redelivered: bool,
+        claimant: Claimant,
+        live_workers: frozenset[str],
     ) -> None:
         self.session = session
         self.instance = instance
         self.now = now
-        self.message_id = message_id
-        self.redelivered = redelivered
+        self.claimant = claimant
+        self.live_workers = live_workers
         self.steps = {step.key: step for step in steps}
         self.result = ReplayResult("suspended")
         self._next_seq = max((step.seq for step in steps), default=-1) + 1
@@ -316,11 +327,13 @@ class Replay:
             self._activity += 1
 
     def _attempt_is_lost(self, row: StepRow) -> bool:
-        """A running attempt is lost when its worker died: the broker redelivered the very
-        message that claimed it, or its lease ran out."""
-        redelivered_claim = self.redelivered and row.claimed_by == self.message_id
-        lease_expired = row.wake_at is not None and row.wake_at <= self.now
-        return redelivered_claim or lease_expired
+        """A running attempt is lost when its lease ran out, or its worker is gone: this very
+        process no longer runs it, or another worker stopped beating."""
+        if row.wake_at is not None and row.wake_at <= self.now:
+            return True
+        if row.claimed_by == self.claimant.worker_id:
+            return (self.instance.id, row.key, row.attempt) not in self.claimant.running
+        return row.claimed_by not in self.live_workers
 
     async def sleep(self, name: str, duration: Duration) -> None:
         length = parse_duration(duration, what=f"duration of sleep {name!r}")

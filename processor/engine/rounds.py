@@ -13,19 +13,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from processor.engine.attempts import AttemptOutcome, claim, is_current, record_outcome, run_attempt
-from processor.engine.replay import PendingAttempt, Replay
+from processor.engine.replay import WORKER_STALE, Claimant, PendingAttempt, Replay
 from processor.runtime import Runtime
 from processor.store import queries
 from processor.store.database import retry_transient
 from processor.workflow import Workflow
-from schemas import TERMINAL_STATUSES, InstanceStatusName
+from schemas import TERMINAL_STATUSES, InstanceStatusName, StepStatusName
 
 
 @dataclass
 class ClaimedWork:
     instance_id: str
     generation: int
-    claimed_by: str
     attempts: list[PendingAttempt]
 
 
@@ -33,9 +32,7 @@ async def replay_round(
     runtime: Runtime,
     registry: dict[str, type[Workflow[Any]]],
     instance_id: str,
-    *,
-    message_id: str,
-    redelivered: bool,
+    claimant: Claimant,
 ) -> ClaimedWork | None:
     """Replay the instance and commit its new state; returns the attempts it claimed."""
     async with runtime.transaction() as tx:
@@ -45,8 +42,11 @@ async def replay_round(
         if instance.status in TERMINAL_STATUSES or instance.status == InstanceStatusName.PAUSED:
             return None  # resume publishes a run message of its own
         steps = await queries.load_steps(tx.session, instance_id)
+        live_workers: frozenset[str] = frozenset()
+        if any(step.status == StepStatusName.RUNNING for step in steps):
+            live_workers = await queries.live_workers(tx.session, tx.now - WORKER_STALE)
         replay = Replay(
-            tx.session, instance, steps, now=tx.now, message_id=message_id, redelivered=redelivered
+            tx.session, instance, steps, now=tx.now, claimant=claimant, live_workers=live_workers
         )
         result = await replay.run(registry[instance.workflow])
         instance.updated_at = tx.now
@@ -68,27 +68,40 @@ async def replay_round(
             instance.pause_requested = False
             return None
         for pending in result.attempts:
-            claim(pending.step, pending, message_id, tx.now)
+            claim(pending.step, pending, claimant.worker_id, tx.now)
         busy = result.attempts or result.waits_on_running
         instance.status = (InstanceStatusName.RUNNING if busy else InstanceStatusName.WAITING).value
         if not result.attempts:
             return None
-        return ClaimedWork(instance_id, instance.generation, message_id, result.attempts)
+        return ClaimedWork(instance_id, instance.generation, result.attempts)
 
 
-async def run_claimed(runtime: Runtime, work: ClaimedWork, executor: Executor) -> None:
+async def run_claimed(
+    runtime: Runtime, work: ClaimedWork, claimant: Claimant, executor: Executor
+) -> None:
     """Run the claimed attempts concurrently, recording each outcome as soon as it is known,
     so a fast step's result (and lease) never waits for a slow sibling."""
 
     async def run_and_record(pending: PendingAttempt) -> None:
-        outcome = await run_attempt(pending, executor)
-        await retry_transient(lambda: _record_outcome(runtime, work, pending, outcome))
+        attempt = (work.instance_id, pending.step.key, pending.step.attempt)
+        claimant.running.add(attempt)
+        try:
+            outcome = await run_attempt(pending, executor)
+            await retry_transient(
+                lambda: _record_outcome(runtime, work, pending, outcome, claimant.worker_id)
+            )
+        finally:
+            claimant.running.discard(attempt)
 
     await asyncio.gather(*(run_and_record(pending) for pending in work.attempts))
 
 
 async def _record_outcome(
-    runtime: Runtime, work: ClaimedWork, pending: PendingAttempt, outcome: AttemptOutcome
+    runtime: Runtime,
+    work: ClaimedWork,
+    pending: PendingAttempt,
+    outcome: AttemptOutcome,
+    worker_id: str,
 ) -> None:
     async with runtime.transaction() as tx:
         instance = await queries.lock_instance(tx.session, work.instance_id)
@@ -100,7 +113,7 @@ async def _record_outcome(
             return  # terminated or restarted meanwhile: this attempt's result is void
         rows = await queries.load_steps_by_key(tx.session, work.instance_id, [pending.step.key])
         row = rows.get(pending.step.key)
-        if row is None or not is_current(row, pending, work.claimed_by):
+        if row is None or not is_current(row, pending, worker_id):
             return  # a newer attempt took over (this one was presumed lost)
         retry_at = record_outcome(row, pending, outcome, tx.now)
         instance.updated_at = tx.now

@@ -18,6 +18,7 @@ from processor.store.tables import (
     OutboxRow,
     ProcessedMessageRow,
     StepRow,
+    WorkerRow,
     WorkflowRow,
 )
 from schemas import RunInstance
@@ -191,3 +192,45 @@ async def delete_processed_before(session: AsyncSession, before: datetime) -> No
     await session.exec(
         sa.delete(ProcessedMessageRow).where(col(ProcessedMessageRow.processed_at) < before)
     )
+
+
+async def beat(session: AsyncSession, worker_id: str, now: datetime) -> None:
+    """Record that the worker is alive (inserting it on its first beat)."""
+    statement = (
+        _insert(session, WorkerRow)
+        .values(id=worker_id, started_at=now, heartbeat_at=now)
+        .on_conflict_do_update(index_elements=["id"], set_={"heartbeat_at": now})
+    )
+    await session.exec(statement)
+
+
+async def forget_worker(session: AsyncSession, worker_id: str) -> None:
+    await session.exec(sa.delete(WorkerRow).where(col(WorkerRow.id) == worker_id))
+
+
+async def live_workers(session: AsyncSession, since: datetime) -> frozenset[str]:
+    """Ids of the workers whose last heartbeat is no older than `since`."""
+    query = select(WorkerRow.id).where(col(WorkerRow.heartbeat_at) >= since)
+    return frozenset((await session.exec(query)).all())
+
+
+async def orphaned_steps(
+    session: AsyncSession, workflows: Sequence[str], now: datetime, stale: datetime, limit: int
+) -> list[tuple[StepRow, InstanceRow]]:
+    """Running attempts whose worker stopped beating (it crashed) and that were not swept
+    since `stale`."""
+    live = select(WorkerRow.id).where(col(WorkerRow.heartbeat_at) >= stale)
+    query = (
+        select(StepRow, InstanceRow)
+        .join(InstanceRow, col(InstanceRow.id) == col(StepRow.instance_id))
+        .where(
+            col(StepRow.status) == "running",
+            col(StepRow.claimed_by).not_in(live),
+            sa.or_(col(StepRow.swept_at).is_(None), col(StepRow.swept_at) <= stale),
+            col(InstanceRow.status).in_(ACTIVE_STATUSES),
+            col(InstanceRow.workflow).in_(workflows),
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=StepRow)
+    )
+    return [(step, instance) for step, instance in (await session.exec(query)).all()]

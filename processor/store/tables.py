@@ -50,6 +50,17 @@ class WorkflowRow(SQLModel, table=True):
     last_seen_at: datetime = _time(nullable=False)
 
 
+class WorkerRow(SQLModel, table=True):
+    """A running worker process and its heartbeat: a running attempt whose worker's heartbeat
+    is stale (or gone) is presumed lost and retried."""
+
+    __tablename__ = "warren_workers"
+
+    id: str = Field(primary_key=True, max_length=64)
+    started_at: datetime = _time(nullable=False)
+    heartbeat_at: datetime = _time(nullable=False)
+
+
 class InstanceRow(SQLModel, table=True):
     __tablename__ = "warren_instances"
     __table_args__ = (sa.Index("ix_warren_instances_workflow_status", "workflow", "status"),)
@@ -85,7 +96,7 @@ class StepRow(SQLModel, table=True):
     kind: str = Field(max_length=20)
     status: str = Field(max_length=20)
     attempt: int = 0
-    #: The message whose replay claimed the running attempt (fencing and crash recovery).
+    #: The worker running the current attempt (crash recovery and fencing).
     claimed_by: str | None = Field(default=None, max_length=64)
     started_at: datetime | None = _time()
     ended_at: datetime | None = _time()

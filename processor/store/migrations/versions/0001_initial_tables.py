@@ -1,4 +1,4 @@
-"""Initial tables: workflows, instances, steps, events, outbox, processed messages.
+"""Initial tables: workflows, workers, instances, steps, events, outbox, processed messages.
 
 Revision ID: 0001
 Revises:
@@ -16,6 +16,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "warren_workers",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
     op.create_table(
         "warren_events",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -115,6 +122,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("warren_workers")
     op.drop_table("warren_workflows")
     with op.batch_alter_table("warren_steps", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_warren_steps_wake_at"))
