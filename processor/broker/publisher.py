@@ -6,7 +6,7 @@ the hot path never waits for one confirm at a time.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
@@ -43,18 +43,23 @@ class Publisher:
             )
         await self.exchanges[exchange].publish(message, routing_key=key, mandatory=True)
 
-    async def publish_ingress(self, routing_key: str, body: bytes, message_id: str) -> None:
-        message = aio_pika.Message(
-            body,
-            content_type=JSON,
+    async def publish_ingress_later(
+        self, message: AbstractIncomingMessage, routing_key: str, delay: timedelta, attempt: int
+    ) -> None:
+        """Send an ingress command back to the ingress queue after `delay`, as a fresh copy."""
+        copy = aio_pika.Message(
+            message.body,
+            content_type=message.content_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message_id,
+            message_id=message.message_id,
+            headers={"x-warren-attempt": attempt},
         )
-        await self.exchanges[self.topology.ingress_exchange].publish(
-            message, routing_key=routing_key, mandatory=True
-        )
+        exchange, key = delay_route(delay, f"{self.topology.namespace}.{routing_key}")
+        await self.exchanges[exchange].publish(copy, routing_key=key, mandatory=True)
 
-    async def dead_letter(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
+    async def dead_letter(
+        self, message: AbstractIncomingMessage, queue: str, reason: str, routing_key: str
+    ) -> None:
         """Copy a rejected message to `queue.dead` with the reason, for a person to look at.
 
         A fresh message, not a broker dead-letter, so it can carry `x-error-reason`. Broker
@@ -64,11 +69,11 @@ class Publisher:
         headers = {
             key: value
             for key, value in (message.headers or {}).items()
-            if not key.startswith(("x-death", "x-first-death", "x-last-death"))
+            if not key.startswith(("x-death", "x-first-death", "x-last-death", "x-warren-"))
         }
         headers["x-error-reason"] = reason[:1000]
         headers["x-original-exchange"] = message.exchange or ""
-        headers["x-original-routing-key"] = message.routing_key or ""
+        headers["x-original-routing-key"] = routing_key
         dead = aio_pika.Message(
             message.body,
             content_type=message.content_type,

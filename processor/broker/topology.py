@@ -118,6 +118,8 @@ class Topology:
     async def declare_ingress_queue(self, channel: AbstractChannel) -> AbstractQueue:
         queue = await self.declare_consuming_queue(channel, self.ingress_queue)
         await queue.bind(self.ingress_exchange, routing_key="instance.*")
+        # Commands retried later (an event that arrived before its create) come back here.
+        await queue.bind(DELIVERY_EXCHANGE, routing_key=f"#.{self.namespace}.instance.*")
         return queue
 
     async def declare_run_queue(self, channel: AbstractChannel, workflow: str) -> AbstractQueue:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from processor.broker.topology import DELAY_LEVELS
 from processor.consumers.decoding import BadMessageError
 from processor.runtime import Runtime
 
@@ -26,7 +27,9 @@ async def settle(
     except BadMessageError as error:
         log.warning("dead-lettering message %s from %s: %s", message.message_id, queue, error)
         try:
-            await runtime.publisher.dead_letter(message, queue, str(error))
+            await runtime.publisher.dead_letter(
+                message, queue, str(error), original_routing_key(message)
+            )
         except Exception:
             log.exception(
                 "dead-lettering message %s failed; it goes back to the queue", message.message_id
@@ -40,6 +43,16 @@ async def settle(
         await _settle_quietly(message.nack(requeue=True))
         return
     await _settle_quietly(message.ack())
+
+
+def original_routing_key(message: AbstractIncomingMessage) -> str:
+    """The routing key the publisher used; a copy back from the delay cascade carries the
+    delay's bits and the namespace before it."""
+    key = message.routing_key or ""
+    words = key.split(".")
+    if len(words) > DELAY_LEVELS and set(words[0]) <= {"0", "1"}:
+        return ".".join(words[DELAY_LEVELS + 1 :])
+    return key
 
 
 async def _settle_quietly(operation: Awaitable[None]) -> None:

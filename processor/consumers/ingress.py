@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from aio_pika.abc import AbstractIncomingMessage
 
+from processor.consumers.base import original_routing_key
 from processor.consumers.decoding import BadMessageError, decode
 from processor.engine import commands
 from processor.errors import (
@@ -17,19 +20,36 @@ from processor.store import queries
 from processor.store.database import retry_transient
 from schemas import INGRESS_ROUTES, ControlInstance, CreateInstance, SendEvent, WireModel
 
+#: An event or control for an id no instance has yet is tried again after these delays: a
+#: service may publish a create and an event back to back, and consumers apply them
+#: concurrently. After the last one it is dead-lettered.
+UNKNOWN_INSTANCE_RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0)
+ATTEMPT_HEADER = "x-warren-attempt"
+
 
 class IngressConsumer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        model = INGRESS_ROUTES.get(message.routing_key or "")
+        key = original_routing_key(message)
+        model = INGRESS_ROUTES.get(key)
         if model is None:
             raise BadMessageError(
-                f"unknown routing key {message.routing_key!r}: use one of {sorted(INGRESS_ROUTES)}"
+                f"unknown routing key {key!r}: use one of {sorted(INGRESS_ROUTES)}"
             )
         command = decode(message, model)
-        await retry_transient(lambda: self._apply(command, message.message_id))
+        try:
+            await retry_transient(lambda: self._apply(command, message.message_id))
+        except InstanceNotFoundError as error:
+            attempt = (message.headers or {}).get(ATTEMPT_HEADER, 0)
+            if not isinstance(attempt, int):
+                attempt = 0
+            if attempt >= len(UNKNOWN_INSTANCE_RETRIES):
+                raise BadMessageError(str(error)) from None
+            await self.runtime.publisher.publish_ingress_later(
+                message, key, timedelta(seconds=UNKNOWN_INSTANCE_RETRIES[attempt]), attempt + 1
+            )
 
     async def _apply(self, command: WireModel, message_id: str | None) -> None:
         try:
@@ -50,5 +70,5 @@ class IngressConsumer:
                     await commands.control(tx, command.instance_id, command.action)
         except InstanceExistsError:
             return  # a create for an id that exists creates nothing
-        except (WorkflowNotFoundError, InstanceNotFoundError, InstanceStateError) as error:
+        except (WorkflowNotFoundError, InstanceStateError) as error:
             raise BadMessageError(str(error)) from None

@@ -371,3 +371,22 @@ async def test_poison_messages_are_dead_lettered_with_a_reason_and_good_ones_sti
         "good-2",
     }
     assert await wire.message_count(wire.topology.ingress_queue) == 0
+
+
+async def test_an_event_published_right_after_its_create_is_kept_not_dead_lettered(
+    env: TestEnv, wire: Wire
+) -> None:
+    """Ingress messages are applied concurrently, so an event can overtake its create: it is
+    tried again shortly instead of being dead-lettered as an event for an unknown instance."""
+    await env.start_worker(TwoWaits)
+    ids = [f"race-{n}" for n in range(20)]
+    for instance_id in ids:
+        await wire.publish("instance.create", {"workflow": "wire-two-waits", "id": instance_id})
+        await wire.publish(
+            "instance.event", {"instance_id": instance_id, "type": "ping", "payload": {"n": 1}}
+        )
+    for instance_id in ids:
+        instance = await created(env.client, instance_id)
+        result = await instance.result(timeout=30)
+        assert result == {"first": {"n": 1}, "second": "timed out"}
+    assert await wire.message_count(f"{wire.topology.ingress_queue}.dead") == 0

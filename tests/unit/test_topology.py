@@ -4,6 +4,7 @@ delivery")."""
 from __future__ import annotations
 
 from datetime import timedelta
+from unittest.mock import Mock
 
 import pytest
 
@@ -14,6 +15,7 @@ from processor.broker.topology import (
     Topology,
     delay_route,
 )
+from processor.consumers.base import original_routing_key
 
 TARGET = "t1.run.ship-order"
 
@@ -86,3 +88,10 @@ def test_run_queues_and_keys_carry_the_namespace_and_workflow() -> None:
     assert topology.delayed_key("ship-order") == TARGET
     assert "t1.ingress.dead" in topology.queue_names(["ship-order"])
     assert "t1.run.ship-order.dead" in topology.queue_names(["ship-order"])
+
+
+def test_the_original_routing_key_is_recovered_from_a_cascade_copy() -> None:
+    _, delayed = delay_route(timedelta(seconds=2), "warren.instance.event")
+    assert original_routing_key(Mock(routing_key=delayed)) == "instance.event"
+    assert original_routing_key(Mock(routing_key="instance.event")) == "instance.event"
+    assert original_routing_key(Mock(routing_key="0.1.instance.event")) == "0.1.instance.event"
