@@ -132,12 +132,12 @@ class Client:
             raise ValueError(f"limit must be between 1 and {MAX_LIST}, got {limit}")
         if status is not None:
             status = InstanceStatusName(status).value
-        async with self.runtime.database.transaction() as session:
+        async with self.runtime.database.read() as session:
             rows = await queries.list_instances(session, workflow, status, limit)
         return [_status(row, []) for row in rows]
 
     async def status(self, instance_id: str) -> InstanceStatus:
-        async with self.runtime.database.transaction() as session:
+        async with self.runtime.database.read() as session:
             row = await queries.get_instance(session, instance_id)
             if row is None:
                 raise InstanceNotFoundError(instance_id)
@@ -161,7 +161,7 @@ class Client:
             await commands.control(tx, instance_id, action)
 
     async def _row(self, instance_id: str) -> InstanceRow:
-        async with self.runtime.database.transaction() as session:
+        async with self.runtime.database.read() as session:
             row = await queries.get_instance(session, instance_id)
         if row is None:
             raise InstanceNotFoundError(instance_id)

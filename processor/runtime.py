@@ -104,10 +104,11 @@ class Runtime:
             tx = Tx(session, utcnow())
             yield tx
         if tx.outbox:
-            await self.publish_outbox(tx.outbox)
+            self._published.extend(await self.publish_outbox(tx.outbox))
 
-    async def publish_outbox(self, rows: list[OutboxRow]) -> None:
-        """Publish committed outbox rows concurrently; a failure leaves the row for the relay."""
+    async def publish_outbox(self, rows: list[OutboxRow]) -> list[int]:
+        """Publish committed outbox rows concurrently; returns the ids of those published. A
+        failure leaves its row for the relay."""
         results = await asyncio.gather(
             *(
                 self.publisher.publish_run(
@@ -117,22 +118,28 @@ class Runtime:
             ),
             return_exceptions=True,
         )
+        published = []
         for row, result in zip(rows, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning(
                     "publish of outbox row %s failed, the relay will retry: %r", row.id, result
                 )
             elif row.id is not None:
-                self._published.append(row.id)
+                published.append(row.id)
+        return published
 
     async def relay_stale_outbox(self, limit: int = 500) -> int:
-        """Publish outbox rows their writer left behind. Returns how many were published."""
+        """Publish outbox rows their writer left behind. Returns how many were published.
+
+        The rows stay locked (SKIP LOCKED on PostgreSQL) until they are deleted, so two
+        workers' relays never publish the same row.
+        """
         async with self.database.transaction() as session:
             rows = await queries.stale_outbox(session, utcnow() - RELAY_AFTER, limit)
-        if rows:
-            await self.publish_outbox(rows)
-            await self._delete_published()
-        return len(rows)
+            published = await self.publish_outbox(rows) if rows else []
+            if published:
+                await queries.delete_outbox(session, published)
+        return len(published)
 
     async def _delete_published_forever(self) -> None:
         while True:

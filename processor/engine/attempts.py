@@ -45,6 +45,8 @@ async def run_attempt(pending: PendingAttempt, executor: Executor) -> AttemptOut
             else:
                 call = functools.partial(pending.fn, *pending.args)
                 result = await asyncio.get_running_loop().run_in_executor(executor, call)
+                if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
+                    result = await result
         return AttemptOutcome(output=encode_result(step.name, result))
     except (NonRetryableError, SerializationError) as error:
         return AttemptOutcome(error=error_info(error), is_retryable=False)

@@ -79,6 +79,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args, **options)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+        self._reader = self.engine.execution_options(warren_read_only=True)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -88,6 +89,16 @@ class Database:
         its first statement and two writers never deadlock upgrading a read lock.
         """
         async with AsyncSession(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A read-only transaction. On SQLite it takes no write lock (a deferred BEGIN), so
+        status reads never queue behind writers."""
+        async with (
+            AsyncSession(self._reader, expire_on_commit=False) as session,
+            session.begin(),
+        ):
             yield session
 
     async def create_schema(self) -> None:
@@ -132,4 +143,5 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("warren_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

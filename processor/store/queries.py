@@ -136,6 +136,7 @@ async def stale_outbox(session: AsyncSession, older_than: datetime, limit: int) 
         .where(OutboxRow.created_at < older_than)
         .order_by(col(OutboxRow.id))
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return list((await session.exec(query)).all())
 
