@@ -10,11 +10,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from processor.consumers.base import settle
 from processor.consumers.ingress import IngressConsumer
@@ -22,6 +23,7 @@ from processor.consumers.runs import RunConsumer
 from processor.engine.replay import WORKER_STALE, Claimant
 from processor.runtime import Runtime, utcnow
 from processor.store import queries
+from processor.store.tables import InstanceRow, StepRow
 from processor.workflow import Workflow, build_registry
 
 log = logging.getLogger("warren.worker")
@@ -202,35 +204,39 @@ class Worker:
     async def sweep_overdue_timers(self) -> int:
         """Wake instances whose timer is overdue by more than SWEEP_GRACE (its delayed message
         was lost or held up by a broker outage). Returns how many instances were woken."""
-        async with self.runtime.transaction() as tx:
-            overdue = await queries.overdue_steps(
-                tx.session, sorted(self.registry), tx.now, SWEEP_GRACE, limit=500
-            )
-            woken = {}
-            for step, instance in overdue:
-                step.swept_at = tx.now
-                woken[instance.id] = instance
-            for instance in woken.values():
-                tx.emit_run(instance)
-        if woken:
-            log.info("sweeper woke %d instances with overdue timers", len(woken))
-        return len(woken)
+        names = sorted(self.registry)
+        return await self._wake(
+            lambda session, now: queries.overdue_steps(session, names, now, SWEEP_GRACE, 500),
+            "overdue timers",
+        )
 
     async def sweep_orphaned_attempts(self) -> int:
         """Wake instances with a running attempt whose worker stopped beating (it crashed):
         their replay presumes the attempt lost and retries it. Returns how many were woken."""
+        names = sorted(self.registry)
+        return await self._wake(
+            lambda session, now: queries.orphaned_steps(
+                session, names, now, now - WORKER_STALE, 500
+            ),
+            "attempts whose worker died",
+        )
+
+    async def _wake(
+        self,
+        find: Callable[[AsyncSession, datetime], Awaitable[list[tuple[StepRow, InstanceRow]]]],
+        why: str,
+    ) -> int:
+        """Publish a run message for each instance with a step `find` returns, and mark those
+        steps swept so the next sweep leaves them alone for a while."""
         async with self.runtime.transaction() as tx:
-            orphaned = await queries.orphaned_steps(
-                tx.session, sorted(self.registry), tx.now, tx.now - WORKER_STALE, limit=500
-            )
             woken = {}
-            for step, instance in orphaned:
+            for step, instance in await find(tx.session, tx.now):
                 step.swept_at = tx.now
                 woken[instance.id] = instance
             for instance in woken.values():
                 tx.emit_run(instance)
         if woken:
-            log.info("woke %d instances whose running attempt lost its worker", len(woken))
+            log.info("sweeper woke %d instances: %s", len(woken), why)
         return len(woken)
 
     async def _beat(self) -> None:
