@@ -6,7 +6,7 @@
 
 VENV := .venv
 BIN := $(VENV)/bin
-SRC := processor schemas tests
+SRC := processor schemas tests bench
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 

@@ -104,7 +104,10 @@ class Runtime:
             tx = Tx(session, utcnow())
             yield tx
         if tx.outbox:
-            self._published.extend(await self.publish_outbox(tx.outbox))
+            # Await first: the deleter swaps `_published` for a new list meanwhile, and ids
+            # added to the old one would never be deleted (and be relayed again).
+            published = await self.publish_outbox(tx.outbox)
+            self._published.extend(published)
 
     async def publish_outbox(self, rows: list[OutboxRow]) -> list[int]:
         """Publish committed outbox rows concurrently; returns the ids of those published. A

@@ -12,6 +12,7 @@ from typing import Any
 
 import pydantic
 import pytest
+import sqlalchemy as sa
 from pydantic import BaseModel
 
 from processor import (
@@ -28,6 +29,7 @@ from processor import (
     WorkflowNotFoundError,
     WorkflowStep,
 )
+from processor.store.tables import OutboxRow
 from tests.conftest import TestEnv, assert_eventually
 from tests.integration.helpers import created, open_wire
 
@@ -603,3 +605,17 @@ async def test_workers_with_different_workflows_share_a_namespace_without_dead_l
         for queue in wire.dead_queues("client-only-a", "client-only-b"):
             assert await wire.message_count(queue) == 0, queue
     assert sum(CALLS.values()) == 20
+
+
+async def test_published_outbox_rows_are_deleted_soon_after_publishing(env: TestEnv) -> None:
+    """Every published message's outbox row goes, so the relay never publishes it twice."""
+    await registered_then_stopped(env, Quick)
+    for n in range(30):
+        await env.client.create(Quick, Order(order_id=f"o-{n}"))
+    database = env.client.runtime.database
+
+    async def outbox_is_empty() -> bool:
+        async with database.read() as session:
+            return not (await session.exec(sa.select(OutboxRow.id))).all()
+
+    await assert_eventually(outbox_is_empty, timeout=2.0, what="the outbox to be emptied")

@@ -1,0 +1,253 @@
+"""Scenarios 1, 2, 3 and 5: Warren itself, driven through the public Client.
+
+Workers run in their own OS processes (`bench.worker`); the client runs here. Completion is
+detected with the `Probe` (one count query per poll for a batch), not by polling each instance
+through the Client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from bench.environment import Environment
+from bench.probe import Probe
+from bench.system import BROKER_PROCESS, DATABASE_PROCESS, CpuMeter, pids_named, process_usage
+from bench.workflows import AwaitEvent, Sleeper, TenSteps, ThreeSteps
+from processor.client import MAX_BATCH
+from schemas import TERMINAL_STATUSES, InstanceStatusName
+
+#: Poll interval of the one count query that detects that a batch has finished.
+COUNT_POLL_S = 0.1
+#: Poll interval of the one-row query that detects that a single instance has changed status.
+ROW_POLL_S = 0.002
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each scenario does: the issue's numbers, or tiny ones for the smoke run."""
+
+    instances: int
+    latency_runs: int
+    event_runs: int
+    #: Runs before the measured ones of scenarios 2 and 3 (connections, caches, first plans).
+    warmup_runs: int
+    timers: int
+    timer_max_s: float
+    #: How long each raw limit is measured.
+    limit_s: float
+    #: Chains in flight in the raw broker round trips.
+    in_flight: int = 100
+    #: Messages each worker process handles at once (Worker's default).
+    concurrency: int = 100
+
+
+FULL = Sizes(
+    instances=1000,
+    latency_runs=200,
+    event_runs=100,
+    warmup_runs=5,
+    timers=1000,
+    timer_max_s=60.0,
+    limit_s=5.0,
+)
+SMOKE = Sizes(
+    instances=20,
+    latency_runs=5,
+    event_runs=3,
+    warmup_runs=1,
+    timers=20,
+    timer_max_s=2.0,
+    limit_s=0.5,
+)
+TIMER_MIN_S = 0.1
+#: Timer lateness p99 is also reported per band of sleep lengths, in seconds.
+TIMER_BANDS = (
+    ("p99_ms_under_1s", 0.0, 1.0),
+    ("p99_ms_1_to_10s", 1.0, 10.0),
+    ("p99_ms_over_10s", 10.0, float("inf")),
+)
+
+
+async def throughput(environment: Environment, sizes: Sizes, workers: int) -> dict[str, float]:
+    """Scenario 1: `sizes.instances` instances of ten trivial steps, created in batches of 100
+    while `workers` worker processes run them; instances/s and steps/s from the first create
+    until the count query sees the last one complete. Also the CPU of each party meanwhile,
+    which names the bottleneck, and the workers' memory afterwards."""
+    await environment.ensure_workers(workers, sizes.concurrency)
+    probe = environment.probe
+    before = await probe.status_counts(TenSteps.name)
+    groups: dict[str, Callable[[], list[int]]] = {
+        "workers": lambda: environment.worker_pids,
+        "broker": lambda: pids_named(BROKER_PROCESS),
+    }
+    if environment.backend == "postgres":
+        groups["database"] = lambda: pids_named(DATABASE_PROCESS)
+    groups["bench"] = lambda: [os.getpid()]
+    meter = CpuMeter(groups)
+    meter.start()
+    start = time.perf_counter()
+    for batch in _batches(sizes.instances):
+        await environment.client.create_batch(TenSteps, [{} for _ in batch])
+    created = time.perf_counter()
+    counts = await _wait_for_total(probe, TenSteps.name, sum(before.values()) + sizes.instances)
+    elapsed = time.perf_counter() - start
+    cpu = meter.stop()
+    _check_all_complete(counts, before, sizes.instances)
+    rss = sum(process_usage(pid).rss_bytes for pid in environment.worker_pids)
+    return {
+        "instances_per_s": sizes.instances / elapsed,
+        "steps_per_s": 10 * sizes.instances / elapsed,
+        "seconds": elapsed,
+        "creates_per_s": sizes.instances / (created - start),
+        "worker_rss_mb": rss / 2**20,
+        **cpu,
+    }
+
+
+async def latency(environment: Environment, sizes: Sizes) -> dict[str, float]:
+    """Scenario 2: one instance of three trivial steps at a time, from `create` until
+    `result()` returns, as a caller sees it. `result()` polls with a growing back-off (10 ms,
+    then x1.5), so the time until a 2 ms poll of the instance's row sees it complete is
+    measured in the same runs and reported beside it (`seen_`)."""
+    await environment.ensure_workers(1, sizes.concurrency)
+    to_result, to_seen = [], []
+    for run in range(sizes.warmup_runs + sizes.latency_runs):
+        start = time.perf_counter()
+        instance = await environment.client.create(ThreeSteps)
+        seen = asyncio.create_task(
+            _seen(environment.probe, instance.id, InstanceStatusName.COMPLETE)
+        )
+        try:
+            await instance.result(timeout=60)
+            result_at = time.perf_counter()
+            seen_at = await seen
+        finally:
+            seen.cancel()
+        if run >= sizes.warmup_runs:
+            to_result.append((result_at - start) * 1000)
+            to_seen.append((seen_at - start) * 1000)
+    return {**summarize(to_result), **summarize(to_seen, "seen_")}
+
+
+async def event_latency(environment: Environment, sizes: Sizes) -> dict[str, float]:
+    """Scenario 3: an instance parked in `wait_for_event`; from calling `send_event` until a
+    2 ms poll of the instance's row sees it complete (with the event's payload)."""
+    await environment.ensure_workers(1, sizes.concurrency)
+    probe = environment.probe
+    latencies = []
+    for run in range(sizes.warmup_runs + sizes.event_runs):
+        instance = await environment.client.create(AwaitEvent)
+        await _wait_for_status(probe, instance.id, InstanceStatusName.WAITING)
+        start = time.perf_counter()
+        await instance.send_event("go", {"run": run})
+        seen_at = await _seen(probe, instance.id, InstanceStatusName.COMPLETE)
+        if run >= sizes.warmup_runs:
+            latencies.append((seen_at - start) * 1000)
+    return summarize(latencies)
+
+
+async def timers(environment: Environment, sizes: Sizes) -> dict[str, float]:
+    """Scenario 5: `sizes.timers` instances each sleep a random 0.1 s to `timer_max_s`
+    (created together, in batches of 100); lateness is the sleep step's `ended_at` minus
+    its due time. A timer that fires early is a bug, and fails the scenario."""
+    await environment.ensure_workers(1, sizes.concurrency)
+    rng = random.Random(5)
+    delays = [rng.uniform(TIMER_MIN_S, sizes.timer_max_s) for _ in range(sizes.timers)]
+    before = await environment.probe.status_counts(Sleeper.name)
+    for batch in _batches(sizes.timers):
+        items = [{"params": {"seconds": delays[index]}} for index in batch]
+        await environment.client.create_batch(Sleeper, items)
+    counts = await _wait_for_total(
+        environment.probe,
+        Sleeper.name,
+        sum(before.values()) + sizes.timers,
+        timeout=sizes.timer_max_s + 300,
+    )
+    _check_all_complete(counts, before, sizes.timers)
+    sleeps = [
+        (seconds, _ms(late)) for seconds, late in await environment.probe.sleeps(Sleeper.name)
+    ]
+    early = [late for _, late in sleeps if late < 0]
+    if early:
+        raise AssertionError(f"{len(early)} timers fired early, by up to {-min(early):.1f} ms")
+    metrics = summarize([late for _, late in sleeps])
+    # The target holds "at every delay": short sleeps wake while the instances created with
+    # them may still be queued for their first round.
+    for key, low, high in TIMER_BANDS:
+        band = [late for seconds, late in sleeps if low <= seconds < high]
+        if band:
+            metrics[key] = summarize(band)["p99_ms"]
+    return metrics
+
+
+def summarize(values_ms: Sequence[float], prefix: str = "") -> dict[str, float]:
+    """p50, p99 and max, in milliseconds."""
+    ordered = sorted(values_ms)
+    return {
+        f"{prefix}p50_ms": _quantile(ordered, 0.50),
+        f"{prefix}p99_ms": _quantile(ordered, 0.99),
+        f"{prefix}max_ms": ordered[-1],
+    }
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    """Linear interpolation between the two nearest ranks (numpy's default)."""
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _ms(delta: timedelta) -> float:
+    return delta / timedelta(milliseconds=1)
+
+
+def _batches(count: int) -> Iterator[range]:
+    for start in range(0, count, MAX_BATCH):
+        yield range(start, min(start + MAX_BATCH, count))
+
+
+async def _wait_for_total(
+    probe: Probe, workflow: str, total: int, timeout: float = 1800.0
+) -> Counter[str]:
+    """Poll the status counts of `workflow` until `total` instances are terminal."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        counts = await probe.status_counts(workflow)
+        if sum(counts[status] for status in TERMINAL_STATUSES) >= total:
+            return counts
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{workflow}: {total} instances not finished: {dict(counts)}")
+        await asyncio.sleep(COUNT_POLL_S)
+
+
+def _check_all_complete(counts: Counter[str], before: Counter[str], expected: int) -> None:
+    complete = counts[InstanceStatusName.COMPLETE] - before[InstanceStatusName.COMPLETE]
+    if complete != expected:
+        raise AssertionError(f"{expected - complete} of {expected} instances did not complete")
+
+
+async def _wait_for_status(
+    probe: Probe, instance_id: str, wanted: InstanceStatusName, timeout: float = 60.0
+) -> None:
+    """Poll one instance's row every ROW_POLL_S until it has status `wanted`."""
+    deadline = time.perf_counter() + timeout
+    while (status := await probe.status(instance_id)) != wanted:
+        if status in TERMINAL_STATUSES:
+            raise AssertionError(f"instance {instance_id} ended {status}, not {wanted}")
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"instance {instance_id} is still {status}, not {wanted}")
+        await asyncio.sleep(ROW_POLL_S)
+
+
+async def _seen(probe: Probe, instance_id: str, wanted: InstanceStatusName) -> float:
+    """The perf_counter time at which a poll first sees the instance with status `wanted`."""
+    await _wait_for_status(probe, instance_id, wanted)
+    return time.perf_counter()
