@@ -77,11 +77,10 @@ def claim(step: StepRow, pending: PendingAttempt, claimed_by: str, now: datetime
     step.swept_at = None
 
 
-def is_current(step: StepRow | None, pending: PendingAttempt, claimed_by: str) -> bool:
+def is_current(step: StepRow, pending: PendingAttempt, claimed_by: str) -> bool:
     """Fencing: only the attempt that is still the step's current one may record a result."""
     return (
-        step is not None
-        and step.status == StepStatusName.RUNNING
+        step.status == StepStatusName.RUNNING
         and step.attempt == pending.step.attempt
         and step.claimed_by == claimed_by
     )

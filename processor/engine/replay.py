@@ -270,6 +270,9 @@ class Replay:
         row.output = output
         row.error = None if error is None else error.model_dump(mode="json")
         row.ended_at = self.now
+        if row.wake_at is not None:
+            # A timer set and ended in this very round needs no wake-up message.
+            self.result.wakeups.discard(row.wake_at)
         row.wake_at = None
 
     def _failed(self, row: StepRow) -> StepFailedError:
@@ -339,27 +342,26 @@ class Replay:
         length = parse_duration(duration, what=f"duration of sleep {name!r}")
         if length > MAX_SLEEP:
             raise ValueError(f"sleep {name!r} of {length} is longer than 365 days")
-        await self._sleep(name, lambda: self.now + length)
+        await self._sleep(name, self.now + length)
 
     async def sleep_until(self, name: str, until: datetime) -> None:
         if not isinstance(until, datetime) or until.tzinfo is None:
             raise ValueError(f"sleep_until {name!r} needs an aware datetime, got {until!r}")
         if until - self.now > MAX_SLEEP:
             raise ValueError(f"sleep_until {name!r}: {until} is more than 365 days ahead")
-        await self._sleep(name, lambda: until)
+        await self._sleep(name, until)
 
-    async def _sleep(self, name: str, wake_at: Callable[[], datetime]) -> None:
+    async def _sleep(self, name: str, wake_at: datetime) -> None:
         row, is_new = self._step(name, StepKind.SLEEP)
         try:
             if is_new:
                 row.status = StepStatusName.SLEEPING.value
                 row.started_at = self.now
-                self._set_timer(row, wake_at())
+                self._set_timer(row, wake_at)
             if row.status == StepStatusName.COMPLETE:
                 return
             if row.wake_at is not None and row.wake_at <= self.now:
                 self._finish(row, StepStatusName.COMPLETE)
-                self.result.wakeups.discard(wake_at())
                 return
             await self._park()
         finally:
@@ -399,8 +401,6 @@ class Replay:
             event = await self._take_event(event_type, row.key)
             if event is not None:
                 received = ReceivedEvent(event.type, event.payload, event.received_at)
-                if row.wake_at is not None:
-                    self.result.wakeups.discard(row.wake_at)
                 self._finish(
                     row,
                     StepStatusName.COMPLETE,

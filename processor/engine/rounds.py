@@ -17,6 +17,7 @@ from processor.engine.replay import WORKER_STALE, Claimant, PendingAttempt, Repl
 from processor.runtime import Runtime
 from processor.store import queries
 from processor.store.database import retry_transient
+from processor.store.tables import StepRow
 from processor.workflow import Workflow
 from schemas import TERMINAL_STATUSES, InstanceStatusName, StepStatusName
 
@@ -111,8 +112,7 @@ async def _record_outcome(
             or instance.status in TERMINAL_STATUSES
         ):
             return  # terminated or restarted meanwhile: this attempt's result is void
-        rows = await queries.load_steps_by_key(tx.session, work.instance_id, [pending.step.key])
-        row = rows.get(pending.step.key)
+        row = await tx.session.get(StepRow, (work.instance_id, pending.step.key))
         if row is None or not is_current(row, pending, worker_id):
             return  # a newer attempt took over (this one was presumed lost)
         retry_at = record_outcome(row, pending, outcome, tx.now)

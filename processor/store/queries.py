@@ -66,13 +66,6 @@ async def load_steps(session: AsyncSession, instance_id: str) -> Sequence[StepRo
     return (await session.exec(query)).all()
 
 
-async def load_steps_by_key(
-    session: AsyncSession, instance_id: str, keys: Sequence[str]
-) -> dict[str, StepRow]:
-    query = select(StepRow).where(StepRow.instance_id == instance_id, col(StepRow.key).in_(keys))
-    return {row.key: row for row in (await session.exec(query)).all()}
-
-
 async def count_running_steps(session: AsyncSession, instance_id: str) -> int:
     query = (
         select(sa.func.count())
