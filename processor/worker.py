@@ -17,7 +17,7 @@ from typing import Any, Self
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from processor.consumers.base import settle
+from processor.consumers.base import Handler, hand_back, settle
 from processor.consumers.ingress import IngressConsumer
 from processor.consumers.runs import RunConsumer
 from processor.engine.replay import WORKER_STALE, Claimant
@@ -35,6 +35,9 @@ SWEEP_INTERVAL_S = 1.0
 #: Well inside WORKER_STALE, so a live worker is never taken for dead.
 HEARTBEAT_INTERVAL_S = 2.0
 RELAY_INTERVAL_S = 2.0
+#: A delivery that waits this long for a free slot goes back to its queue as a fresh copy,
+#: far inside RabbitMQ's consumer_timeout (30 minutes by default).
+SLOT_WAIT_S = 60.0
 #: Processed ingress message ids are kept this long for deduplication.
 DEDUP_RETENTION = timedelta(days=7)
 
@@ -141,16 +144,22 @@ class Worker:
         self._is_consuming = True
         log.info("worker serving %s", ", ".join(sorted(self.registry)))
 
-    async def _consume(
-        self,
-        queue: AbstractQueue,
-        handler: Callable[[AbstractIncomingMessage], Awaitable[None]],
-    ) -> None:
+    async def _consume(self, queue: AbstractQueue, handler: Handler) -> None:
         async def handle(message: AbstractIncomingMessage) -> None:
             # Prefetch is per queue (quorum queues have no channel-wide QoS): the semaphore
             # makes `concurrency` a limit for the whole worker.
-            async with self._slots:
+            try:
+                async with asyncio.timeout(SLOT_WAIT_S):
+                    await self._slots.acquire()
+            except TimeoutError:
+                # Every slot is busy with long steps: an unacked delivery held much longer
+                # would pass the broker's consumer_timeout, which closes the whole channel.
+                await hand_back(self.runtime, queue.name, message)
+                return
+            try:
                 await settle(self.runtime, queue.name, message, handler)
+            finally:
+                self._slots.release()
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             task = asyncio.create_task(handle(message))

@@ -7,6 +7,7 @@ the hot path never waits for one confirm at a time.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
@@ -14,6 +15,8 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 from processor.broker.topology import Topology, delay_route
 
 JSON = "application/json"
+#: How many times an ingress command waited for its instance to be created (consumers/ingress).
+ATTEMPT_HEADER = "x-warren-attempt"
 
 
 class Publisher:
@@ -43,16 +46,26 @@ class Publisher:
             )
         await self.exchanges[exchange].publish(message, routing_key=key, mandatory=True)
 
-    async def publish_ingress_later(
-        self, message: AbstractIncomingMessage, routing_key: str, delay: timedelta, attempt: int
+    async def republish(
+        self,
+        message: AbstractIncomingMessage,
+        routing_key: str,
+        delay: timedelta = timedelta(0),
+        **headers: Any,
     ) -> None:
-        """Send an ingress command back to the ingress queue after `delay`, as a fresh copy."""
+        """Send a received message back to its queue, after `delay`, as a fresh copy with
+        `headers` added: a fresh copy has no delivery count, and no x-death headers (DESIGN.md:
+        the cascade would drop a message carrying them).
+
+        Args:
+            routing_key: the key it was published with (`original_routing_key`).
+        """
         copy = aio_pika.Message(
             message.body,
             content_type=message.content_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message.message_id,
-            headers={"x-warren-attempt": attempt},
+            headers={**_own_headers(message), **headers},
         )
         exchange, key = delay_route(delay, f"{self.topology.namespace}.{routing_key}")
         await self.exchanges[exchange].publish(copy, routing_key=key, mandatory=True)
@@ -67,9 +80,7 @@ class Publisher:
         cycle detection).
         """
         headers = {
-            key: value
-            for key, value in (message.headers or {}).items()
-            if not key.startswith(("x-death", "x-first-death", "x-last-death", "x-warren-"))
+            key: value for key, value in _own_headers(message).items() if key != ATTEMPT_HEADER
         }
         headers["x-error-reason"] = reason[:1000]
         headers["x-original-exchange"] = message.exchange or ""
@@ -84,3 +95,12 @@ class Publisher:
         await self.exchanges[self.topology.dead_exchange].publish(
             dead, routing_key=queue, mandatory=True
         )
+
+
+def _own_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
+    """The message's headers without the broker's dead-lettering ones."""
+    return {
+        key: value
+        for key, value in (message.headers or {}).items()
+        if not key.startswith(("x-death", "x-first-death", "x-last-death"))
+    }

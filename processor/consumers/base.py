@@ -14,16 +14,23 @@ from processor.runtime import Runtime
 
 log = logging.getLogger("warren.consumers")
 
+#: Work a handler leaves to do after its message is acked (running claimed step attempts).
+FollowUp = Callable[[], Awaitable[None]]
+Handler = Callable[[AbstractIncomingMessage], Awaitable[FollowUp | None]]
+
 
 async def settle(
-    runtime: Runtime,
-    queue: str,
-    message: AbstractIncomingMessage,
-    handler: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    runtime: Runtime, queue: str, message: AbstractIncomingMessage, handler: Handler
 ) -> None:
-    """Handle one message and ack it; dead-letter it if it is bad; requeue it on trouble."""
+    """Handle one message and ack it; dead-letter it if it is bad; requeue it on trouble.
+
+    The handler's follow-up runs after the ack: what it does is already committed to SQL
+    (claimed attempts with their leases), so the message need not stay unacked through a step
+    body, however long it runs (RabbitMQ closes a channel holding a delivery past its
+    consumer_timeout), and a crash during a step costs no delivery attempt.
+    """
     try:
-        await handler(message)
+        follow_up = await handler(message)
     except BadMessageError as error:
         log.warning("dead-lettering message %s from %s: %s", message.message_id, queue, error)
         try:
@@ -40,6 +47,19 @@ async def settle(
         log.exception(
             "message %s from %s failed; it goes back to the queue", message.message_id, queue
         )
+        await _settle_quietly(message.nack(requeue=True))
+        return
+    await _settle_quietly(message.ack())
+    if follow_up is not None:
+        await follow_up()
+
+
+async def hand_back(runtime: Runtime, queue: str, message: AbstractIncomingMessage) -> None:
+    """Return a message this worker cannot start soon to its queue, for any worker to take."""
+    try:
+        await runtime.publisher.republish(message, original_routing_key(message))
+    except Exception:
+        log.exception("handing back message %s failed; it stays with %s", message.message_id, queue)
         await _settle_quietly(message.nack(requeue=True))
         return
     await _settle_quietly(message.ack())

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from processor.broker.publisher import ATTEMPT_HEADER
 from processor.consumers.base import original_routing_key
 from processor.consumers.decoding import BadMessageError, decode
 from processor.engine import commands
@@ -24,7 +25,6 @@ from schemas import INGRESS_ROUTES, ControlInstance, CreateInstance, SendEvent, 
 #: service may publish a create and an event back to back, and consumers apply them
 #: concurrently. After the last one it is dead-lettered.
 UNKNOWN_INSTANCE_RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0)
-ATTEMPT_HEADER = "x-warren-attempt"
 
 
 class IngressConsumer:
@@ -32,6 +32,7 @@ class IngressConsumer:
         self.runtime = runtime
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Apply one command (a `Handler` with no follow-up)."""
         key = original_routing_key(message)
         model = INGRESS_ROUTES.get(key)
         if model is None:
@@ -47,8 +48,9 @@ class IngressConsumer:
                 attempt = 0
             if attempt >= len(UNKNOWN_INSTANCE_RETRIES):
                 raise BadMessageError(str(error)) from None
-            await self.runtime.publisher.publish_ingress_later(
-                message, key, timedelta(seconds=UNKNOWN_INSTANCE_RETRIES[attempt]), attempt + 1
+            delay = timedelta(seconds=UNKNOWN_INSTANCE_RETRIES[attempt])
+            await self.runtime.publisher.republish(
+                message, key, delay, **{ATTEMPT_HEADER: attempt + 1}
             )
 
     async def _apply(self, command: WireModel, message_id: str | None) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import Executor
 from datetime import timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from processor.consumers.base import FollowUp
 from processor.consumers.decoding import decode
 from processor.engine.replay import Claimant
 from processor.engine.rounds import replay_round, run_claimed
@@ -34,7 +36,9 @@ class RunConsumer:
         self.claimant = claimant
         self.executor = executor
 
-    async def handle(self, workflow: str, message: AbstractIncomingMessage) -> None:
+    async def handle(self, workflow: str, message: AbstractIncomingMessage) -> FollowUp | None:
+        """Replay the instance and commit its claims; running the claimed attempts is the
+        follow-up, after the ack."""
         command = decode(message, RunInstance)
         if command.wake_at is not None and command.wake_at - utcnow() > EARLY_TOLERANCE:
             # A fresh message, never the received one: its x-death headers would make the
@@ -42,9 +46,10 @@ class RunConsumer:
             await self.runtime.publisher.publish_run(
                 workflow, message.body, queries.new_message_id(), command.wake_at
             )
-            return
+            return None
         work = await retry_transient(
             lambda: replay_round(self.runtime, self.registry, command.instance_id, self.claimant)
         )
-        if work is not None:
-            await run_claimed(self.runtime, work, self.claimant, self.executor)
+        if work is None:
+            return None
+        return functools.partial(run_claimed, self.runtime, work, self.claimant, self.executor)

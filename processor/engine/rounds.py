@@ -74,18 +74,25 @@ async def replay_round(
         instance.status = (InstanceStatusName.RUNNING if busy else InstanceStatusName.WAITING).value
         if not result.attempts:
             return None
-        return ClaimedWork(instance_id, instance.generation, result.attempts)
+        work = ClaimedWork(instance_id, instance.generation, result.attempts)
+    claimant.running.update(
+        (instance_id, pending.step.key, pending.step.attempt) for pending in work.attempts
+    )
+    return work
 
 
 async def run_claimed(
     runtime: Runtime, work: ClaimedWork, claimant: Claimant, executor: Executor
 ) -> None:
     """Run the claimed attempts concurrently, recording each outcome as soon as it is known,
-    so a fast step's result (and lease) never waits for a slow sibling."""
+    so a fast step's result (and lease) never waits for a slow sibling.
+
+    The attempts are in `claimant.running` from their claim's commit (`replay_round`) on, so a
+    copy of the run message meanwhile finds them alive in this process.
+    """
 
     async def run_and_record(pending: PendingAttempt) -> None:
         attempt = (work.instance_id, pending.step.key, pending.step.attempt)
-        claimant.running.add(attempt)
         try:
             outcome = await run_attempt(pending, executor)
             await retry_transient(
