@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -40,6 +41,31 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Clock:
+    """The database's time as this process reads it: the local clock plus an offset measured
+    against PostgreSQL on every heartbeat.
+
+    Timers, leases and heartbeats written by one process are read by others, so they must all
+    keep one time: a worker whose clock runs an hour behind would otherwise fire every timer an
+    hour early. The offset is the sample with the shortest round trip of the last few.
+    """
+
+    SAMPLES = 10
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+        self._samples: deque[tuple[timedelta, timedelta]] = deque(maxlen=self.SAMPLES)
+
+    def now(self) -> datetime:
+        return utcnow() + self.offset
+
+    def add_sample(self, sent: datetime, server_time: datetime, received: datetime) -> None:
+        """One reading of the server's clock, taken between `sent` and `received` (local)."""
+        round_trip = received - sent
+        self._samples.append((round_trip, server_time - (sent + round_trip / 2)))
+        self.offset = min(self._samples)[1]
+
+
 @dataclass
 class Tx:
     """One SQL transaction plus the run messages it will publish once committed."""
@@ -49,8 +75,11 @@ class Tx:
     outbox: list[OutboxRow] = field(default_factory=list)
 
     def emit_run(self, instance: InstanceRow, wake_at: datetime | None = None) -> None:
-        """Publish a run message for `instance` after commit (at `wake_at`, if given)."""
+        """Publish a run message for `instance` after commit (at `wake_at`, if given; a timer's
+        due time is also on its step row, for the sweeper)."""
         self.outbox.append(queries.add_run_message(self.session, instance, self.now, wake_at))
+        if wake_at is None and instance.run_due_at is None:
+            instance.run_due_at = self.now
 
 
 class Runtime:
@@ -65,6 +94,7 @@ class Runtime:
         self.broker_url = config.broker_url(broker_url)
         self.database = Database(config.database_url(database_url), schema=database_schema)
         self.topology = Topology(config.namespace(namespace))
+        self.clock = Clock()
         self.connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
         self._published: list[int] = []
@@ -82,7 +112,7 @@ class Runtime:
         self.connection = await connect_broker(self.broker_url, connect_for)
         channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         exchanges = await self.topology.declare_exchanges(channel)
-        self._publisher = Publisher(channel, self.topology, exchanges)
+        self._publisher = Publisher(channel, self.topology, exchanges, self.clock.now)
         self._deleter = asyncio.create_task(self._delete_published_forever())
 
     async def close(self) -> None:
@@ -101,13 +131,20 @@ class Runtime:
     async def transaction(self) -> AsyncIterator[Tx]:
         """A transaction whose outbox is published, with confirms, after it commits."""
         async with self.database.transaction() as session:
-            tx = Tx(session, utcnow())
+            tx = Tx(session, self.clock.now())
             yield tx
         if tx.outbox:
             # Await first: the deleter swaps `_published` for a new list meanwhile, and ids
             # added to the old one would never be deleted (and be relayed again).
             published = await self.publish_outbox(tx.outbox)
             self._published.extend(published)
+
+    async def sync_clock(self, session: AsyncSession) -> None:
+        """Measure the database's clock against ours (see `Clock`)."""
+        sent = utcnow()
+        server_time = await self.database.server_time(session)
+        if server_time is not None:
+            self.clock.add_sample(sent, server_time, utcnow())
 
     async def publish_outbox(self, rows: list[OutboxRow]) -> list[int]:
         """Publish committed outbox rows concurrently; returns the ids of those published. A
@@ -138,7 +175,7 @@ class Runtime:
         workers' relays never publish the same row.
         """
         async with self.database.transaction() as session:
-            rows = await queries.stale_outbox(session, utcnow() - RELAY_AFTER, limit)
+            rows = await queries.stale_outbox(session, self.clock.now() - RELAY_AFTER, limit)
             published = await self.publish_outbox(rows) if rows else []
             if published:
                 await queries.delete_outbox(session, published)

@@ -21,17 +21,22 @@ from processor.consumers.base import Handler, hand_back, settle
 from processor.consumers.ingress import IngressConsumer
 from processor.consumers.runs import RunConsumer
 from processor.engine.replay import WORKER_STALE, Claimant
-from processor.runtime import Runtime, utcnow
+from processor.runtime import Runtime
 from processor.store import queries
+from processor.store.database import is_transient
 from processor.store.tables import InstanceRow, StepRow
 from processor.workflow import Workflow, build_registry
 
 log = logging.getLogger("warren.worker")
 
+OnMessage = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
 #: Past this lateness a wake-up is republished by the sweeper: the delay cascade restarts a
 #: level's clock after a broker outage, so SQL's due time is the truth.
 SWEEP_GRACE = timedelta(seconds=5)
 SWEEP_INTERVAL_S = 1.0
+#: A run message (for now) not taken within this is presumed lost and published again.
+RUN_GRACE = timedelta(seconds=60)
 #: Well inside WORKER_STALE, so a live worker is never taken for dead.
 HEARTBEAT_INTERVAL_S = 2.0
 RELAY_INTERVAL_S = 2.0
@@ -81,7 +86,8 @@ class Worker:
         self._executor = ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="warren-step"
         )
-        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._subscriptions: list[tuple[AbstractQueue, OnMessage]] = []
+        self._consumer_tags: list[tuple[AbstractQueue, str]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._is_consuming = False
@@ -123,28 +129,30 @@ class Worker:
         await runtime.open(connect_for=60.0)
         async with runtime.transaction() as tx:
             await queries.register_workflows(tx.session, sorted(self.registry), tx.now)
-            await queries.beat(tx.session, self.claimant.worker_id, tx.now)
+        await self._beat()
         assert runtime.connection is not None
         channel = await runtime.connection.channel()
         await channel.set_qos(prefetch_count=self.concurrency)
         topology = runtime.topology
         ingress = IngressConsumer(runtime)
-        await self._consume(await topology.declare_ingress_queue(channel), ingress.handle)
+        self._subscribe(await topology.declare_ingress_queue(channel), ingress.handle)
         runs = RunConsumer(runtime, self.registry, self.claimant, self._executor)
         for name in sorted(self.registry):
             queue = await topology.declare_run_queue(channel, name)
-            await self._consume(queue, functools.partial(runs.handle, name))
+            self._subscribe(queue, functools.partial(runs.handle, name))
+        await self._start_consuming()
         self._background = [
             asyncio.create_task(self._every(HEARTBEAT_INTERVAL_S, self._beat)),
             asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_overdue_timers)),
             asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_orphaned_attempts)),
+            asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_lost_runs)),
             asyncio.create_task(self._every(RELAY_INTERVAL_S, runtime.relay_stale_outbox)),
             asyncio.create_task(self._every(3600, self._forget_old_message_ids)),
+            asyncio.create_task(self._pause_during_database_outages()),
         ]
-        self._is_consuming = True
         log.info("worker serving %s", ", ".join(sorted(self.registry)))
 
-    async def _consume(self, queue: AbstractQueue, handler: Handler) -> None:
+    def _subscribe(self, queue: AbstractQueue, handler: Handler) -> None:
         async def handle(message: AbstractIncomingMessage) -> None:
             # Prefetch is per queue (quorum queues have no channel-wide QoS): the semaphore
             # makes `concurrency` a limit for the whole worker.
@@ -166,25 +174,46 @@ class Worker:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-        tag = await queue.consume(on_message)
-        self._consumers.append((queue, tag))
+        self._subscriptions.append((queue, on_message))
+
+    async def _start_consuming(self) -> None:
+        for queue, on_message in self._subscriptions:
+            self._consumer_tags.append((queue, await queue.consume(on_message)))
+        self._is_consuming = True
+
+    async def _stop_consuming(self) -> None:
+        """Take no more messages; those in flight go on (and are acked or released)."""
+        self._is_consuming = False
+        for queue, tag in self._consumer_tags:
+            with suppress(Exception):
+                await queue.cancel(tag)
+        self._consumer_tags.clear()
+
+    async def _pause_during_database_outages(self) -> None:
+        """While the database is down, take no messages: each would only wait out its
+        patience and go back to the queue, a step nearer the dead-letter queue. The ones in
+        flight keep retrying and are applied when the database returns."""
+        database = self.runtime.database
+        while True:
+            await database.outage.wait()
+            log.warning("the database is unavailable: taking no messages until it answers")
+            await self._stop_consuming()
+            await database.wait_until_available()
+            await self._start_consuming()
+            log.info("the database answers again: consuming")
 
     async def stop(self) -> None:
         """Stop taking messages, give in-flight ones `shutdown_grace` to finish, release the
         rest unacked (the broker redelivers them), and disconnect."""
-        self._is_consuming = False
-        for queue, tag in self._consumers:
-            with suppress(Exception):
-                await queue.cancel(tag)
-        self._consumers.clear()
+        for task in self._background:  # first: the outage watcher would consume again
+            task.cancel()
+        await self._stop_consuming()
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=self.shutdown_grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        for task in self._background:
-            task.cancel()
         for task in self._background:
             with suppress(asyncio.CancelledError):
                 await task
@@ -222,6 +251,8 @@ class Worker:
     async def sweep_orphaned_attempts(self) -> int:
         """Wake instances with a running attempt whose worker stopped beating (it crashed):
         their replay presumes the attempt lost and retries it. Returns how many were woken."""
+        if not self.claimant.trusts_heartbeats(self.runtime.clock.now()):
+            return 0
         names = sorted(self.registry)
         return await self._wake(
             lambda session, now: queries.orphaned_steps(
@@ -229,6 +260,21 @@ class Worker:
             ),
             "attempts whose worker died",
         )
+
+    async def sweep_lost_runs(self) -> int:
+        """Wake instances owed a round for over RUN_GRACE: their run message was lost (say,
+        dead-lettered after a crash loop). Each is tried again after twice the wait, so a
+        long backlog in the queue is not flooded with copies. Returns how many were woken."""
+        names = sorted(self.registry)
+        async with self.runtime.transaction() as tx:
+            instances = await queries.overdue_runs(tx.session, names, tx.now, RUN_GRACE, 500)
+            for instance in instances:
+                assert instance.run_due_at is not None
+                instance.run_due_at = tx.now + (tx.now - instance.run_due_at)
+                tx.emit_run(instance)
+        if instances:
+            log.warning("sweeper woke %d instances whose run message was lost", len(instances))
+        return len(instances)
 
     async def _wake(
         self,
@@ -249,12 +295,23 @@ class Worker:
         return len(woken)
 
     async def _beat(self) -> None:
-        async with self.runtime.database.transaction() as session:
-            await queries.beat(session, self.claimant.worker_id, utcnow())
+        """Record that this worker is alive, and measure the database's clock."""
+        runtime = self.runtime
+        try:
+            async with runtime.database.transaction() as session:
+                await runtime.sync_clock(session)
+                await queries.beat(session, self.claimant.worker_id, runtime.clock.now())
+        except Exception as error:
+            self.claimant.beating_since = None
+            if is_transient(error):
+                runtime.database.outage.set()
+            raise
+        if self.claimant.beating_since is None:
+            self.claimant.beating_since = runtime.clock.now()
 
     async def _forget_old_message_ids(self) -> None:
         async with self.runtime.transaction() as tx:
-            await queries.delete_processed_before(tx.session, utcnow() - DEDUP_RETENTION)
+            await queries.delete_processed_before(tx.session, tx.now - DEDUP_RETENTION)
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
         while True:

@@ -6,7 +6,8 @@ the hot path never waits for one confirm at a time.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -21,11 +22,17 @@ ATTEMPT_HEADER = "x-warren-attempt"
 
 class Publisher:
     def __init__(
-        self, channel: AbstractChannel, topology: Topology, exchanges: dict[str, AbstractExchange]
+        self,
+        channel: AbstractChannel,
+        topology: Topology,
+        exchanges: dict[str, AbstractExchange],
+        now: Callable[[], datetime],
     ) -> None:
         self.channel = channel
         self.topology = topology
         self.exchanges = exchanges
+        #: The runtime's clock: a wake-up's delay is counted from the database's time.
+        self.now = now
 
     async def publish_run(
         self, workflow: str, body: bytes, message_id: str, wake_at: datetime | None = None
@@ -41,9 +48,7 @@ class Publisher:
             exchange = self.topology.engine_exchange
             key = self.topology.run_key(workflow)
         else:
-            exchange, key = delay_route(
-                wake_at - datetime.now(UTC), self.topology.delayed_key(workflow)
-            )
+            exchange, key = delay_route(wake_at - self.now(), self.topology.delayed_key(workflow))
         await self.exchanges[exchange].publish(message, routing_key=key, mandatory=True)
 
     async def republish(

@@ -51,7 +51,10 @@ async def settle(
         return
     await _settle_quietly(message.ack())
     if follow_up is not None:
-        await follow_up()
+        try:
+            await follow_up()
+        except Exception:  # what it did not record, the sweepers recover (lease, heartbeat)
+            log.exception("the work after message %s from %s failed", message.message_id, queue)
 
 
 async def hand_back(runtime: Runtime, queue: str, message: AbstractIncomingMessage) -> None:

@@ -18,7 +18,6 @@ from processor.errors import (
 )
 from processor.runtime import Runtime
 from processor.store import queries
-from processor.store.database import retry_transient
 from schemas import INGRESS_ROUTES, ControlInstance, CreateInstance, SendEvent, WireModel
 
 #: An event or control for an id no instance has yet is tried again after these delays: a
@@ -41,7 +40,7 @@ class IngressConsumer:
             )
         command = decode(message, model)
         try:
-            await retry_transient(lambda: self._apply(command, message.message_id))
+            await self.runtime.database.retry(lambda: self._apply(command, message.message_id))
         except InstanceNotFoundError as error:
             attempt = (message.headers or {}).get(ATTEMPT_HEADER, 0)
             if not isinstance(attempt, int):

@@ -13,9 +13,8 @@ from processor.consumers.base import FollowUp
 from processor.consumers.decoding import decode
 from processor.engine.replay import Claimant
 from processor.engine.rounds import replay_round, run_claimed
-from processor.runtime import Runtime, utcnow
+from processor.runtime import Runtime
 from processor.store import queries
-from processor.store.database import retry_transient
 from processor.workflow import Workflow
 from schemas import RunInstance
 
@@ -40,14 +39,17 @@ class RunConsumer:
         """Replay the instance and commit its claims; running the claimed attempts is the
         follow-up, after the ack."""
         command = decode(message, RunInstance)
-        if command.wake_at is not None and command.wake_at - utcnow() > EARLY_TOLERANCE:
+        if (
+            command.wake_at is not None
+            and command.wake_at - self.runtime.clock.now() > EARLY_TOLERANCE
+        ):
             # A fresh message, never the received one: its x-death headers would make the
             # broker drop it in the cascade (DESIGN.md).
             await self.runtime.publisher.publish_run(
                 workflow, message.body, queries.new_message_id(), command.wake_at
             )
             return None
-        work = await retry_transient(
+        work = await self.runtime.database.retry(
             lambda: replay_round(self.runtime, self.registry, command.instance_id, self.claimant)
         )
         if work is None:

@@ -74,6 +74,14 @@ class Claimant:
     worker_id: str
     #: (instance id, step key, attempt) of the attempts this process is running now.
     running: set[tuple[str, str, int]] = field(default_factory=set)
+    #: Since when this process's heartbeats have all succeeded (None after a failed one).
+    beating_since: datetime | None = None
+
+    def trusts_heartbeats(self, now: datetime) -> bool:
+        """Whether another worker's stale heartbeat means it died. Not right after a database
+        outage: every worker's heartbeat went stale during it, and the live ones need a beat
+        interval to catch up; so only once this process has beaten for WORKER_STALE itself."""
+        return self.beating_since is not None and now - self.beating_since >= WORKER_STALE
 
 
 @dataclass
@@ -136,7 +144,7 @@ class Replay:
         *,
         now: datetime,
         claimant: Claimant,
-        live_workers: frozenset[str],
+        live_workers: frozenset[str] | None,
     ) -> None:
         self.session = session
         self.instance = instance
@@ -336,7 +344,7 @@ class Replay:
             return True
         if row.claimed_by == self.claimant.worker_id:
             return (self.instance.id, row.key, row.attempt) not in self.claimant.running
-        return row.claimed_by not in self.live_workers
+        return self.live_workers is not None and row.claimed_by not in self.live_workers
 
     async def sleep(self, name: str, duration: Duration) -> None:
         length = parse_duration(duration, what=f"duration of sleep {name!r}")

@@ -16,7 +16,6 @@ from processor.engine.attempts import AttemptOutcome, claim, is_current, record_
 from processor.engine.replay import WORKER_STALE, Claimant, PendingAttempt, Replay
 from processor.runtime import Runtime
 from processor.store import queries
-from processor.store.database import retry_transient
 from processor.store.tables import StepRow
 from processor.workflow import Workflow
 from schemas import TERMINAL_STATUSES, InstanceStatusName, StepStatusName
@@ -40,11 +39,15 @@ async def replay_round(
         instance = await queries.lock_instance(tx.session, instance_id)
         if instance is None or instance.workflow not in registry:
             return None
+        instance.run_due_at = None  # this is the round that was owed
         if instance.status in TERMINAL_STATUSES or instance.status == InstanceStatusName.PAUSED:
             return None  # resume publishes a run message of its own
         steps = await queries.load_steps(tx.session, instance_id)
-        live_workers: frozenset[str] = frozenset()
-        if any(step.status == StepStatusName.RUNNING for step in steps):
+        # None: every worker counts as alive (see Claimant.trusts_heartbeats).
+        live_workers: frozenset[str] | None = None
+        if claimant.trusts_heartbeats(tx.now) and any(
+            step.status == StepStatusName.RUNNING for step in steps
+        ):
             live_workers = await queries.live_workers(tx.session, tx.now - WORKER_STALE)
         replay = Replay(
             tx.session, instance, steps, now=tx.now, claimant=claimant, live_workers=live_workers
@@ -95,7 +98,7 @@ async def run_claimed(
         attempt = (work.instance_id, pending.step.key, pending.step.attempt)
         try:
             outcome = await run_attempt(pending, executor)
-            await retry_transient(
+            await runtime.database.retry(
                 lambda: _record_outcome(runtime, work, pending, outcome, claimant.worker_id)
             )
         finally:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -11,6 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
@@ -18,6 +22,7 @@ from processor.errors import DatabaseNotMigratedError
 from processor.store import migrations
 
 T = TypeVar("T")
+log = logging.getLogger("warren.database")
 
 
 def is_transient(error: BaseException) -> bool:
@@ -30,23 +35,8 @@ def is_transient(error: BaseException) -> bool:
 
 #: How long one operation waits for the database before giving up.
 PATIENCE_S = 120.0
-
-
-async def retry_transient(operation: Callable[[], Awaitable[T]]) -> T:
-    """Run `operation` (a whole transaction), retrying while the database is unreachable.
-
-    A consumer's message stays unacked meanwhile, so a database outage pauses consumption
-    instead of dead-lettering work.
-    """
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception(is_transient),
-        wait=wait_exponential(multiplier=0.05, max=5),
-        stop=stop_after_delay(PATIENCE_S),
-        reraise=True,
-    ):
-        with attempt:
-            return await operation()
-    raise AssertionError("unreachable")
+#: How often a worker paused by an outage checks whether the database is back.
+PROBE_INTERVAL_S = 1.0
 
 
 class Database:
@@ -80,6 +70,49 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self._reader = self.engine.execution_options(warren_read_only=True)
+        #: Set when an operation meets a transient error, cleared by `wait_until_available`:
+        #: a worker stops taking messages while it is set.
+        self.outage = asyncio.Event()
+
+    async def retry(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation` (a whole transaction), retrying while the database is unreachable
+        (for up to PATIENCE_S), and report the outage meanwhile.
+
+        A consumer's message stays unacked meanwhile, so a database outage pauses consumption
+        instead of dead-lettering work.
+        """
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_exponential(multiplier=0.05, max=5),
+            stop=stop_after_delay(PATIENCE_S),
+            before_sleep=lambda _: self.outage.set(),
+            reraise=True,
+        ):
+            with attempt:
+                return await operation()
+        raise AssertionError("unreachable")
+
+    async def wait_until_available(self) -> None:
+        """Return once the database answers a query again, and clear `outage`."""
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    await conn.execute(sa.text("SELECT 1"))
+            except Exception as error:
+                if not is_transient(error):
+                    log.warning("probing the database failed: %r", error)
+                await asyncio.sleep(PROBE_INTERVAL_S)
+            else:
+                self.outage.clear()
+                return
+
+    async def server_time(self, session: AsyncSession) -> datetime | None:
+        """PostgreSQL's clock now; None for SQLite, whose clock is this machine's."""
+        if self.is_sqlite:
+            return None
+        query = select(sa.func.clock_timestamp(type_=sa.DateTime(timezone=True)))
+        moment: datetime = (await session.exec(query)).one()
+        return moment
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

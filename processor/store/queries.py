@@ -182,6 +182,23 @@ async def overdue_steps(
     return [(step, instance) for step, instance in (await session.exec(query)).all()]
 
 
+async def overdue_runs(
+    session: AsyncSession, workflows: Sequence[str], now: datetime, grace: timedelta, limit: int
+) -> list[InstanceRow]:
+    """Active instances owed a round for more than `grace`: their run message was lost."""
+    query = (
+        select(InstanceRow)
+        .where(
+            col(InstanceRow.run_due_at) <= now - grace,
+            col(InstanceRow.status).in_(ACTIVE_STATUSES),
+            col(InstanceRow.workflow).in_(workflows),
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.exec(query)).all())
+
+
 async def delete_processed_before(session: AsyncSession, before: datetime) -> None:
     await session.exec(
         sa.delete(ProcessedMessageRow).where(col(ProcessedMessageRow.processed_at) < before)

@@ -76,6 +76,10 @@ class InstanceRow(SQLModel, table=True):
     error: Any = _json()
     created_at: datetime = _time(nullable=False, index=True)
     updated_at: datetime = _time(nullable=False)
+    #: Set when a run message for the instance is published for now, cleared by the round that
+    #: takes it: a run owed long past this was lost (say, dead-lettered), and the sweeper
+    #: publishes another.
+    run_due_at: datetime | None = _time(index=True)
 
 
 class StepRow(SQLModel, table=True):
