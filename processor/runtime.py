@@ -25,6 +25,7 @@ from processor import config
 from processor.broker.publisher import Publisher
 from processor.broker.topology import Topology
 from processor.errors import InfrastructureError
+from processor.failpoints import crash_point
 from processor.store import queries
 from processor.store.database import Database
 from processor.store.tables import InstanceRow, OutboxRow
@@ -133,10 +134,13 @@ class Runtime:
         async with self.database.transaction() as session:
             tx = Tx(session, self.clock.now())
             yield tx
+            crash_point("before_commit")
         if tx.outbox:
+            crash_point("after_commit")
             # Await first: the deleter swaps `_published` for a new list meanwhile, and ids
             # added to the old one would never be deleted (and be relayed again).
             published = await self.publish_outbox(tx.outbox)
+            crash_point("after_publish")
             self._published.extend(published)
 
     async def sync_clock(self, session: AsyncSession) -> None:

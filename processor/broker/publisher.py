@@ -14,6 +14,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from processor.broker.topology import Topology, delay_route
+from processor.failpoints import hits
 
 JSON = "application/json"
 #: How many times an ingress command waited for its instance to be created (consumers/ingress).
@@ -50,6 +51,8 @@ class Publisher:
         else:
             exchange, key = delay_route(wake_at - self.now(), self.topology.delayed_key(workflow))
         await self.exchanges[exchange].publish(message, routing_key=key, mandatory=True)
+        if hits("duplicate_publish"):
+            await self.exchanges[exchange].publish(message, routing_key=key, mandatory=True)
 
     async def republish(
         self,
@@ -90,6 +93,7 @@ class Publisher:
         headers["x-error-reason"] = reason[:1000]
         headers["x-original-exchange"] = message.exchange or ""
         headers["x-original-routing-key"] = routing_key
+        headers["x-dead-lettered-at"] = self.now()  # for `warren dlq list`
         dead = aio_pika.Message(
             message.body,
             content_type=message.content_type,

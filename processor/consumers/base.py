@@ -10,6 +10,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from processor.broker.topology import DELAY_LEVELS
 from processor.consumers.decoding import BadMessageError
+from processor.failpoints import crash_point
 from processor.runtime import Runtime
 
 log = logging.getLogger("warren.consumers")
@@ -49,6 +50,7 @@ async def settle(
         )
         await _settle_quietly(message.nack(requeue=True))
         return
+    crash_point("before_ack")
     await _settle_quietly(message.ack())
     if follow_up is not None:
         try:

@@ -14,6 +14,7 @@ from typing import Any
 
 from processor.engine.attempts import AttemptOutcome, claim, is_current, record_outcome, run_attempt
 from processor.engine.replay import WORKER_STALE, Claimant, PendingAttempt, Replay
+from processor.failpoints import crash_point
 from processor.runtime import Runtime
 from processor.store import queries
 from processor.store.tables import StepRow
@@ -98,6 +99,7 @@ async def run_claimed(
         attempt = (work.instance_id, pending.step.key, pending.step.attempt)
         try:
             outcome = await run_attempt(pending, executor)
+            crash_point("mid_step")
             await runtime.database.retry(
                 lambda: _record_outcome(runtime, work, pending, outcome, claimant.worker_id)
             )
