@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -30,6 +31,9 @@ def is_transient(error: BaseException) -> bool:
     pool. Integrity and data errors are not: retrying them cannot help."""
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
+    if isinstance(error, OperationalError) and isinstance(error.orig, sqlite3.OperationalError):
+        # SQLite reports a missing table or column as an OperationalError too.
+        return "locked" in str(error.orig) or "busy" in str(error.orig)
     return isinstance(error, OperationalError | InterfaceError | PoolTimeoutError | OSError)
 
 

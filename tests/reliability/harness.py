@@ -30,9 +30,9 @@ from typing import Any
 import aio_pika
 from sqlmodel import select
 
-from processor import Client
+from processor import Client, InstanceNotFoundError
 from processor.broker.topology import Topology
-from processor.store.database import Database
+from processor.store.database import Database, is_transient
 from processor.store.tables import EventRow
 from schemas import InstanceStatus
 
@@ -118,7 +118,7 @@ class Fleet:
                 cwd=ROOT,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
-                env={**os.environ, **self.extra_env},
+                env={**os.environ, **self.extra_env, **self._seed_for(len(self.processes))},
             )
         worker = WorkerProcess(process, stderr_path)
         self.processes.append(worker)
@@ -129,6 +129,12 @@ class Fleet:
         if process.returncode is not None and process.returncode >= 0:
             raise AssertionError(f"worker exited with {process.returncode}: {self.stderr(worker)}")
         return worker
+
+    def _seed_for(self, index: int) -> dict[str, str]:
+        """Each process its own failpoint sequence (one seed for all would crash them all at
+        the same step), still reproducible from the test's seed."""
+        seed = self.extra_env.get("WARREN_FAILPOINT_SEED")
+        return {} if seed is None else {"WARREN_FAILPOINT_SEED": f"{seed}-{index}"}
 
     def stderr(self, worker: WorkerProcess) -> str:
         return worker.stderr_path.read_text(errors="replace")[-3000:]
@@ -204,25 +210,40 @@ class Report:
 
 REPORTS: list[Report] = []
 
+#: An expected output that matches any: for workflows that return a time or a pid.
+ANY_OUTPUT = object()
 
-async def wait_terminal(client: Client, ids: Iterable[str], deadline_s: float) -> dict[str, Any]:
-    """Poll until every instance is terminal or the deadline passes; returns the statuses."""
+
+async def wait_terminal(
+    client: Client, ids: Iterable[str], deadline_s: float
+) -> dict[str, InstanceStatus | None]:
+    """Poll until every instance is terminal or the deadline passes; returns the statuses
+    (None for an instance that was never created: a create published on the wire, lost)."""
+    ids = list(ids)
     pending = set(ids)
-    statuses: dict[str, InstanceStatus] = {}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_s
     while pending and loop.time() < deadline:
         for instance_id in list(pending)[:200]:
-            status = await client.status(instance_id)
-            statuses[instance_id] = status
-            if status.status.is_terminal:
+            status = await _status_or_none(client, instance_id)
+            if status is not None and status.status.is_terminal:
                 pending.discard(instance_id)
         if pending:
             await asyncio.sleep(0.5)
-    for instance_id in ids:
-        if instance_id not in statuses or instance_id in pending:
-            statuses[instance_id] = await client.status(instance_id)
-    return statuses
+    return {instance_id: await _status_or_none(client, instance_id) for instance_id in ids}
+
+
+async def _status_or_none(client: Client, instance_id: str) -> InstanceStatus | None:
+    for _ in range(100):  # the database may be back from an outage the test caused
+        try:
+            return await client.status(instance_id)
+        except InstanceNotFoundError:
+            return None
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            await asyncio.sleep(0.5)
+    return await client.status(instance_id)
 
 
 async def dead_lettered(broker_url: str, namespace: str, workflows: list[str]) -> int:
@@ -241,7 +262,7 @@ async def dead_lettered(broker_url: str, namespace: str, workflows: list[str]) -
 
 def check(
     report: Report,
-    statuses: dict[str, Any],
+    statuses: dict[str, InstanceStatus | None],
     expected: dict[str, Any],
     ledger: Ledger,
     crashed_pids: set[int],
@@ -251,10 +272,11 @@ def check(
     every change, and the ledger; anything wrong becomes a problem."""
     for instance_id, want in expected.items():
         status = statuses[instance_id]
-        if status.status.value != "complete":
+        if status is None or status.status.value != "complete":
             report.lost += 1
-            report.problems.append(f"{instance_id} is {status.status.value}, not complete")
-        elif status.output != want:
+            state = "never created" if status is None else status.status.value
+            report.problems.append(f"{instance_id} is {state}, not complete")
+        elif want is not ANY_OUTPUT and status.output != want:
             report.double_applied += 1
             report.problems.append(f"{instance_id} output {status.output!r} != {want!r}")
     executions: defaultdict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
