@@ -93,6 +93,7 @@ class Worker:
         self._is_consuming = False
         self._slots = asyncio.Semaphore(concurrency)
         self.claimant = Claimant(uuid.uuid4().hex)
+        self._has_beaten = False
 
     @property
     def is_consuming(self) -> bool:
@@ -307,7 +308,11 @@ class Worker:
                 runtime.database.outage.set()
             raise
         if self.claimant.beating_since is None:
-            self.claimant.beating_since = runtime.clock.now()
+            # The first beat trusts other heartbeats at once; after a failed one (a database
+            # outage), wait WORKER_STALE for the live workers to catch up.
+            now = runtime.clock.now()
+            self.claimant.beating_since = now if self._has_beaten else now - WORKER_STALE
+        self._has_beaten = True
 
     async def _forget_old_message_ids(self) -> None:
         async with self.runtime.transaction() as tx:
