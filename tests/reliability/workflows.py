@@ -11,7 +11,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from processor import Workflow, WorkflowEvent, WorkflowStep
+from processor import RetryPolicy, Workflow, WorkflowEvent, WorkflowStep
 from tests.reliability.harness import Ledger
 
 
@@ -19,6 +19,9 @@ class ChainParams(BaseModel):
     ledger: str
     #: How long each step's body takes; one step per entry.
     step_seconds: list[float]
+    #: Retries per step. An attempt lost with its worker counts as one (as in Temporal), so a
+    #: test that kills workers every few seconds gives its steps more than the default 5.
+    retry_limit: int = 5
 
 
 async def chain_step(ledger: str, instance_id: str, key: str, index: int, seconds: float) -> int:
@@ -38,8 +41,11 @@ class Chain(Workflow[ChainParams]):
         results = []
         for index, seconds in enumerate(params.step_seconds):
             key = f"s{index}"
+            retries = RetryPolicy(limit=params.retry_limit, delay="100 ms")
             results.append(
-                await step.do(key, chain_step, params.ledger, instance, key, index, seconds)
+                await step.do(
+                    key, chain_step, params.ledger, instance, key, index, seconds, retries=retries
+                )
             )
         return results
 
@@ -110,4 +116,17 @@ class WhoAmI(Workflow[WhoAmIParams]):
         return await step.do("whoami", whoami, params.ledger, event.instance_id, params.seconds)
 
 
-WORKFLOWS = [Chain.name, Sleeper.name, Waiter.name, WhoAmI.name]
+class NapperParams(BaseModel):
+    seconds: float
+
+
+class Napper(Workflow[NapperParams]):
+    """Sleeps a relative duration, counted from the replay's clock."""
+
+    name = "rel-napper"
+
+    async def run(self, event: WorkflowEvent[NapperParams], step: WorkflowStep) -> None:
+        await step.sleep("nap", event.payload.seconds)
+
+
+WORKFLOWS = [Chain.name, Sleeper.name, Waiter.name, WhoAmI.name, Napper.name]
