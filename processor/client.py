@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import re
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from processor.durations import Duration, parse_duration
 from processor.engine import commands
 from processor.engine.results import to_json_data
 from processor.errors import InstanceFailedError, InstanceNotFoundError
 from processor.runtime import Runtime
+from processor.step import ReceivedEvent
 from processor.store import queries
 from processor.store.tables import InstanceRow, StepRow
 from processor.workflow import Workflow, workflow_name
 from schemas import (
+    EVENT_TYPE_PATTERN,
     ControlAction,
     ErrorInfo,
     InstanceStatus,
@@ -30,6 +38,49 @@ from schemas import (
 
 MAX_BATCH = 100
 MAX_LIST = 1000
+#: Longest idempotency key `send_event_once` takes.
+MAX_IDEMPOTENCY_KEY = 200
+_EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
+
+
+class InstanceSummary(BaseModel):
+    """One instance in a listing: no params, output, error or steps, which may be large."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    workflow: str
+    status: InstanceStatusName
+    created_at: AwareDatetime
+    #: The instance's most recent step (its memo key) and that step's status; None before
+    #: its first step.
+    current_step: str | None = None
+    current_step_status: StepStatusName | None = None
+
+
+class WorkflowUsage(BaseModel):
+    """One workflow's totals in `Client.usage`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workflow: str
+    instances: int
+    #: Worker wall time of step bodies and replays (see `InstanceStatus.compute_ms`).
+    compute_ms: float
+    #: Thread CPU time of plain-function step bodies.
+    cpu_ms: float
+    #: Creation to terminal status (or now), summed over the instances.
+    wall_ms: float
+
+
+class InstancePage(BaseModel):
+    """One page of `Client.list_page`, newest instance first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    instances: list[InstanceSummary]
+    #: Pass it as `cursor` for the next page; None on the last page.
+    next_cursor: str | None = None
 
 
 class Client:
@@ -132,33 +183,165 @@ class Client:
             raise ValueError(f"limit must be between 1 and {MAX_LIST}, got {limit}")
         if status is not None:
             status = InstanceStatusName(status).value
+        if workflow is not None:
+            workflow_name(workflow)  # raises ValueError for a malformed name
         async with self.runtime.database.read() as session:
             rows = await queries.list_instances(session, workflow, status, limit)
-        return [_status(row, []) for row in rows]
+        now = self.runtime.clock.now()
+        return [_status(row, [], now) for row in rows]
 
     async def status(self, instance_id: str) -> InstanceStatus:
+        commands.check_instance_id(instance_id)
         async with self.runtime.database.read() as session:
             row = await queries.get_instance(session, instance_id)
             if row is None:
                 raise InstanceNotFoundError(instance_id)
             steps = await queries.load_steps(session, instance_id)
-        return _status(row, steps)
+        return _status(row, steps, self.runtime.clock.now())
+
+    async def usage(
+        self, workflow: str | None = None, since: datetime | None = None
+    ) -> Sequence[WorkflowUsage]:
+        """Compute and wall time per workflow, totalled over its instances.
+
+        Args:
+            workflow: only this workflow.
+            since: only instances created at or after this moment (aware).
+
+        Raises:
+            ValueError: a naive `since`.
+        """
+        if since is not None and since.tzinfo is None:
+            raise ValueError("since must be an aware datetime")
+        async with self.runtime.database.read() as session:
+            rows = await queries.usage_by_workflow(
+                session, workflow, since, self.runtime.clock.now()
+            )
+        return [
+            WorkflowUsage(
+                workflow=name, instances=count, compute_ms=compute, cpu_ms=cpu, wall_ms=wall
+            )
+            for name, count, compute, cpu, wall in rows
+        ]
 
     async def send_event(self, instance_id: str, event_type: str, payload: Any = None) -> None:
-        if not isinstance(event_type, str) or not 1 <= len(event_type) <= 100:
-            raise ValueError(
-                f"event type must be a string of 1 to 100 characters, got {event_type!r}"
-            )
-        try:
-            data = to_json_data(payload)
-        except ValueError as error:
-            raise ValueError(f"the payload of event {event_type!r} {error}") from None
+        commands.check_instance_id(instance_id)
+        data = _event_payload(event_type, payload)
         async with self.runtime.transaction() as tx:
             await commands.send_event(tx, instance_id, event_type, data)
 
     async def control(self, instance_id: str, action: ControlAction) -> None:
+        commands.check_instance_id(instance_id)
         async with self.runtime.transaction() as tx:
             await commands.control(tx, instance_id, action)
+
+    async def list_page(
+        self,
+        workflow: str | Sequence[str] | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> InstancePage:
+        """A page of instances, newest first, each with its current step.
+
+        Pages are keyed on the last instance of the previous one, so each costs the same however
+        deep it is, and instances created while paging neither repeat nor shift a page.
+
+        Args:
+            workflow: a workflow name, or several: instances of any of them.
+            status: only instances with this status.
+            limit: instances per page, 1 to 1000.
+            cursor: the previous page's `next_cursor`; None for the first page.
+
+        Raises:
+            ValueError: a limit out of range, an unknown status or a malformed cursor.
+        """
+        if not 1 <= limit <= MAX_LIST:
+            raise ValueError(f"limit must be between 1 and {MAX_LIST}, got {limit}")
+        if status is not None:
+            status = InstanceStatusName(status).value
+        workflows = [workflow] if isinstance(workflow, str) else workflow
+        for name in workflows or []:
+            workflow_name(name)  # raises ValueError for a malformed name
+        before = _decode_cursor(cursor) if cursor is not None else None
+        async with self.runtime.database.read() as session:
+            # One row more than asked says whether a next page exists.
+            rows = await queries.page_instances(session, workflows, status, limit + 1, before)
+            page = rows[:limit]
+            current = await queries.latest_steps(session, [row[0] for row in page])
+        instances = []
+        for instance_id, workflow_of, status_name, created_at in page:
+            step_key, step_status = current.get(instance_id, (None, None))
+            instances.append(
+                InstanceSummary(
+                    id=instance_id,
+                    workflow=workflow_of,
+                    status=InstanceStatusName(status_name),
+                    created_at=created_at,
+                    current_step=step_key,
+                    current_step_status=StepStatusName(step_status) if step_status else None,
+                )
+            )
+        has_more = len(rows) > limit
+        return InstancePage(
+            instances=instances,
+            next_cursor=_encode_cursor(page[-1][3], page[-1][0]) if has_more else None,
+        )
+
+    async def events(self, instance_id: str) -> Sequence[ReceivedEvent]:
+        """Events sent to the instance that no `wait_for_event` has taken yet, oldest first.
+
+        Raises:
+            InstanceNotFoundError: no such instance.
+        """
+        commands.check_instance_id(instance_id)
+        async with self.runtime.database.read() as session:
+            if await queries.get_instance(session, instance_id) is None:
+                raise InstanceNotFoundError(instance_id)
+            rows = await queries.buffered_events(session, instance_id)
+        return [ReceivedEvent(row.type, row.payload, row.received_at) for row in rows]
+
+    async def send_event_once(
+        self, instance_id: str, event_type: str, payload: Any, idempotency_key: str
+    ) -> bool:
+        """Deliver an event unless one with the same idempotency key was delivered to this
+        instance and event type before; a retried webhook delivers its event once.
+
+        Keys are kept as long as ingress message ids (7 days), in the same table.
+
+        Returns:
+            True if the event was delivered now, False if the key was used before.
+
+        Raises:
+            InstanceNotFoundError: no such instance (the key is not recorded).
+            ValueError: a bad event type, payload or key.
+        """
+        if not isinstance(idempotency_key, str) or not (
+            1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+        ):
+            raise ValueError(f"an idempotency key has 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        commands.check_instance_id(instance_id)
+        data = _event_payload(event_type, payload)
+        # Hashed: any key fits the message id column, and one sender's key cannot collide
+        # with another instance's or event type's.
+        scoped = "\n".join((instance_id, event_type, idempotency_key))
+        message_id = "event-key:" + hashlib.sha256(scoped.encode()).hexdigest()
+        async with self.runtime.transaction() as tx:
+            if not await queries.mark_processed(tx.session, message_id, tx.now):
+                return False
+            await commands.send_event(tx, instance_id, event_type, data)
+        return True
+
+    async def workflow_counts(self) -> dict[str, dict[InstanceStatusName, int]]:
+        """Instances per status of every registered workflow (and of any other workflow that
+        has instances); statuses with no instances are left out."""
+        async with self.runtime.database.read() as session:
+            names = await queries.registered_workflows(session)
+            counts = await queries.count_instances(session)
+        result: dict[str, dict[InstanceStatusName, int]] = {name: {} for name in names}
+        for workflow, status, count in counts:
+            result.setdefault(workflow, {})[InstanceStatusName(status)] = count
+        return result
 
     async def _row(self, instance_id: str) -> InstanceRow:
         async with self.runtime.database.read() as session:
@@ -226,7 +409,8 @@ class Instance:
             delay = min(delay * 1.5, 0.5)
 
 
-def _status(row: InstanceRow, steps: Sequence[StepRow]) -> InstanceStatus:
+def _status(row: InstanceRow, steps: Sequence[StepRow], now: datetime) -> InstanceStatus:
+    end = row.updated_at if InstanceStatusName(row.status).is_terminal else now
     return InstanceStatus(
         id=row.id,
         workflow=row.workflow,
@@ -236,6 +420,9 @@ def _status(row: InstanceRow, steps: Sequence[StepRow]) -> InstanceStatus:
         error=ErrorInfo.model_validate(row.error) if row.error else None,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        compute_ms=row.compute_ms,
+        cpu_ms=row.cpu_ms,
+        wall_ms=max((end - row.created_at).total_seconds() * 1000, 0.0),
         steps=[
             StepRecord(
                 name=step.key,
@@ -252,3 +439,34 @@ def _status(row: InstanceRow, steps: Sequence[StepRow]) -> InstanceStatus:
             for step in steps
         ],
     )
+
+
+def _event_payload(event_type: str, payload: Any) -> Any:
+    """Check an event's type and turn its payload into JSON data."""
+    if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
+        raise ValueError(
+            "event type must be 1 to 100 characters and no control characters, "
+            f"got {event_type!r:.60}"
+        )
+    try:
+        return to_json_data(payload)
+    except ValueError as error:
+        raise ValueError(f"the payload of event {event_type!r} {error}") from None
+
+
+def _encode_cursor(created_at: datetime, instance_id: str) -> str:
+    data = json.dumps([created_at.isoformat(), instance_id]).encode()
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        created_at, instance_id = data
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None:
+            raise ValueError
+        commands.check_instance_id(instance_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise ValueError(f"malformed cursor {cursor!r}") from None
+    return moment, instance_id

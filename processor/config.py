@@ -12,6 +12,22 @@ DEFAULT_NAMESPACE = "warren"
 _NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***`, for logs, errors and printed messages.
+
+    Works on broker and SQLAlchemy URLs alike; the user name stays, so an operator can still
+    tell which account was used. A password with an unescaped `@` or `/` is hidden too: the
+    user part runs to the last `@` before the query string.
+    """
+    scheme, separator, rest = url.partition("://")
+    query_at = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:query_at].rpartition("@")
+    if not separator or not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}{rest[query_at:]}"
+
+
 def broker_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get("WARREN_BROKER_URL") or DEFAULT_BROKER_URL
 
@@ -23,6 +39,28 @@ def database_url(explicit: str | None = None) -> str:
 def namespace(explicit: str | None = None) -> str:
     """The prefix of every queue and exchange this deployment owns (`warren` by default)."""
     value = explicit or os.environ.get("WARREN_NAMESPACE") or DEFAULT_NAMESPACE
-    if not _NAMESPACE_PATTERN.match(value):
+    if not _NAMESPACE_PATTERN.fullmatch(value):
         raise ValueError(f"namespace {value!r} must match {_NAMESPACE_PATTERN.pattern}")
     return value
+
+
+#: The worker's port for /healthz, /readyz and /metrics (OpenTelemetry's Prometheus port).
+DEFAULT_HTTP_PORT = 9464
+
+
+def http_port(explicit: int | None = None) -> int | None:
+    """The worker's probe and metrics port: WARREN_HTTP_PORT, 9464 by default, `off` for none.
+
+    Raises:
+        ValueError: a value that is neither a port number nor `off`.
+    """
+    if explicit is not None:
+        return explicit
+    value = os.environ.get("WARREN_HTTP_PORT", "").strip().lower()
+    if not value:
+        return DEFAULT_HTTP_PORT
+    if value == "off":
+        return None
+    if not value.isdigit() or int(value) > 65535:
+        raise ValueError(f"WARREN_HTTP_PORT={value!r}: use a port number, or off")
+    return int(value)

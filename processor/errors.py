@@ -20,6 +20,7 @@ ProcessorError
 
 from __future__ import annotations
 
+from processor.config import redact_url
 from schemas import ErrorInfo
 
 
@@ -146,6 +147,7 @@ class InstanceStateError(ProcessorError):
 
 class DatabaseNotMigratedError(ProcessorError):
     def __init__(self, url: str, found: str | None, wanted: str) -> None:
+        url = redact_url(url)  # the message reaches logs and terminals
         super().__init__(
             f"the database at {url} is at migration {found or 'none'}, Warren needs {wanted}: "
             f"run `warren db upgrade` (with WARREN_DATABASE_URL={url})"

@@ -218,13 +218,6 @@ async def connect_broker(url: str, connect_for: float) -> AbstractRobustConnecti
                 return await aio_pika.connect_robust(url)
     except (OSError, aio_pika.exceptions.AMQPError) as error:
         raise InfrastructureError(
-            f"cannot connect to RabbitMQ at {_redact(url)}: {error}"
+            f"cannot connect to RabbitMQ at {config.redact_url(url)}: {error}"
         ) from error
     raise AssertionError("unreachable")
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

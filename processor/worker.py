@@ -25,6 +25,9 @@ from processor.runtime import Runtime
 from processor.store import queries
 from processor.store.database import is_transient
 from processor.store.tables import InstanceRow, StepRow
+from processor.telemetry.http import TelemetryServer
+from processor.telemetry.metrics import Metrics, setup_metrics
+from processor.telemetry.tracing import is_tracing, trace_sql
 from processor.workflow import Workflow, build_registry
 
 log = logging.getLogger("warren.worker")
@@ -45,6 +48,8 @@ RELAY_INTERVAL_S = 2.0
 SLOT_WAIT_S = 60.0
 #: Processed ingress message ids are kept this long for deduplication.
 DEDUP_RETENTION = timedelta(days=7)
+#: How often the gauges read from SQL (instances by status, outbox backlog) are refreshed.
+GAUGE_REFRESH_S = 15.0
 
 
 class Worker:
@@ -59,6 +64,10 @@ class Worker:
         namespace: prefix of queues and exchanges (default `WARREN_NAMESPACE` or "warren").
         shutdown_grace: seconds in-flight steps get to finish on stop; unfinished ones are
             released unacked and redelivered to another worker.
+        http_port: serve `/healthz`, `/readyz` and `/metrics` on this port (0: any free one,
+            see `telemetry_port`); None (the default) serves nothing. Metrics are
+            per process: give one worker per process a port.
+        http_host: the address to serve them on.
     """
 
     def __init__(
@@ -71,6 +80,8 @@ class Worker:
         namespace: str | None = None,
         database_schema: str | None = None,
         shutdown_grace: float = 30.0,
+        http_port: int | None = None,
+        http_host: str = "0.0.0.0",
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -94,11 +105,29 @@ class Worker:
         self._slots = asyncio.Semaphore(concurrency)
         self.claimant = Claimant(uuid.uuid4().hex)
         self._has_beaten = False
+        self.http_port = http_port
+        self.http_host = http_host
+        self._metrics: Metrics | None = None
+        self._telemetry: TelemetryServer | None = None
 
     @property
     def is_consuming(self) -> bool:
         """Started, consuming every queue, and not stopping."""
         return self._is_consuming
+
+    @property
+    def telemetry_port(self) -> int | None:
+        """The port serving `/healthz`, `/readyz` and `/metrics`; None if none is served."""
+        return None if self._telemetry is None else self._telemetry.port
+
+    def is_ready(self) -> dict[str, bool]:
+        """The readiness checks `/readyz` reports: broker, database, consuming."""
+        connection = self.runtime.connection
+        return {
+            "broker": connection is not None and connection.connected.is_set(),
+            "database": not self.runtime.database.outage.is_set(),
+            "consuming": self._is_consuming,
+        }
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -127,6 +156,16 @@ class Worker:
 
     async def _start(self) -> None:
         runtime = self.runtime
+        if self.http_port is not None:
+            # First: liveness answers (and readiness says why not) while the broker is awaited.
+            self._metrics = setup_metrics()
+            self._telemetry = TelemetryServer(
+                self._metrics.registry,
+                {name: functools.partial(self._check, name) for name in self.is_ready()},
+            )
+            await self._telemetry.start(self.http_host, self.http_port)
+        if is_tracing():
+            trace_sql(runtime.database.engine.sync_engine)
         await runtime.open(connect_for=60.0)
         async with runtime.transaction() as tx:
             await queries.register_workflows(tx.session, sorted(self.registry), tx.now)
@@ -151,6 +190,14 @@ class Worker:
             asyncio.create_task(self._every(3600, self._forget_old_message_ids)),
             asyncio.create_task(self._pause_during_database_outages()),
         ]
+        if self._metrics is not None:
+            try:
+                await self._refresh_gauges()
+            except Exception as error:  # the periodic refresh tries again
+                log.warning("reading the gauges failed: %r", error)
+            self._background.append(
+                asyncio.create_task(self._every(GAUGE_REFRESH_S, self._refresh_gauges))
+            )
         log.info("worker serving %s", ", ".join(sorted(self.registry)))
 
     def _subscribe(self, queue: AbstractQueue, handler: Handler) -> None:
@@ -226,6 +273,12 @@ class Worker:
                 await queries.forget_worker(session, self.claimant.worker_id)
         await self.runtime.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._telemetry is not None:
+            await self._telemetry.stop()
+            self._telemetry = None
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics = None
 
     async def run(self) -> None:
         """Run until cancelled, SIGTERM or SIGINT, then stop gracefully."""
@@ -313,6 +366,21 @@ class Worker:
             now = runtime.clock.now()
             self.claimant.beating_since = now if self._has_beaten else now - WORKER_STALE
         self._has_beaten = True
+
+    def _check(self, name: str) -> bool:
+        return self.is_ready()[name]
+
+    async def _refresh_gauges(self) -> None:
+        """Read the instance counts by status and the outbox backlog for the gauges."""
+        assert self._metrics is not None
+        async with self.runtime.database.read() as session:
+            counts = await queries.count_instances(session)
+            backlog = await queries.count_outbox(session)
+        by_status: dict[str, int] = {}
+        for _workflow, status, count in counts:
+            by_status[status] = by_status.get(status, 0) + count
+        self._metrics.set_instance_counts(by_status)
+        self._metrics.set_outbox_backlog(backlog)
 
     async def _forget_old_message_ids(self) -> None:
         async with self.runtime.transaction() as tx:

@@ -103,7 +103,7 @@ def _adapter(params_type: Any) -> TypeAdapter[Any]:
 def check_workflow_class(cls: type[Workflow[Any]]) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Workflow)) or cls is Workflow:
         raise RegistrationError(f"{cls!r} is not a subclass of Workflow")
-    if not _NAME.match(cls.name):
+    if not _NAME.fullmatch(cls.name):
         raise RegistrationError(
             f"workflow name {cls.name!r} of {cls.__qualname__} must match {ID_PATTERN}"
         )
@@ -136,6 +136,6 @@ def build_registry(classes: Iterable[type[Workflow[Any]]]) -> dict[str, type[Wor
 def workflow_name(workflow: type[Workflow[Any]] | str) -> str:
     """The name of a workflow given as a class or a name; raises ValueError for a bad name."""
     name = workflow if isinstance(workflow, str) else workflow.name
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(f"workflow name {name!r} must match {ID_PATTERN}")
     return name

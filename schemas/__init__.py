@@ -6,6 +6,7 @@ in step.
 """
 
 from schemas.commands import (
+    EVENT_TYPE_PATTERN,
     ID_PATTERN,
     INGRESS_ROUTES,
     MAX_MESSAGE_BYTES,
@@ -27,6 +28,7 @@ from schemas.records import (
 )
 
 __all__ = [
+    "EVENT_TYPE_PATTERN",
     "ID_PATTERN",
     "INGRESS_ROUTES",
     "MAX_MESSAGE_BYTES",

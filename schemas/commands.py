@@ -17,7 +17,12 @@ ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$"
 
 InstanceId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 WorkflowName = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-EventType = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+#: Event types are names: no control characters (PostgreSQL cannot store a NUL byte in text,
+#: and a newline would forge log lines).
+EVENT_TYPE_PATTERN = r"^[^\x00-\x1f\x7f]{1,100}$"
+EventType = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=EVENT_TYPE_PATTERN)
+]
 
 #: Largest message body Warren accepts; bigger ones are dead-lettered.
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -78,6 +83,7 @@ INGRESS_ROUTES: dict[str, type[WireModel]] = {
 }
 
 __all__ = [
+    "EVENT_TYPE_PATTERN",
     "ID_PATTERN",
     "INGRESS_ROUTES",
     "MAX_MESSAGE_BYTES",

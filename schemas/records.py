@@ -86,6 +86,14 @@ class InstanceStatus(BaseModel):
     error: ErrorInfo | None = None
     created_at: AwareDatetime
     updated_at: AwareDatetime
+    #: Worker wall time spent executing the instance's step bodies and replays of run(), in
+    #: milliseconds: what it cost in compute. Time asleep or waiting for an event is not in it.
+    compute_ms: float = 0.0
+    #: Thread CPU time of its plain-function step bodies, in milliseconds; async bodies and
+    #: replays share the event loop's thread with other instances and are not counted here.
+    cpu_ms: float = 0.0
+    #: Milliseconds from creation to the terminal status (or to now, while it runs).
+    wall_ms: float = 0.0
     steps: list[StepRecord] = []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +45,18 @@ def require(url: str, default_port: int, what: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    """The path of a command-line tool; a missing one skips the test locally and fails it in
+    CI."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not installed (it is in Debian's packages)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
 
 
 @dataclass

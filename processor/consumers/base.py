@@ -12,6 +12,7 @@ from processor.broker.topology import DELAY_LEVELS
 from processor.consumers.decoding import BadMessageError
 from processor.failpoints import crash_point
 from processor.runtime import Runtime
+from processor.telemetry.metrics import get_metrics
 
 log = logging.getLogger("warren.consumers")
 
@@ -30,6 +31,7 @@ async def settle(
     body, however long it runs (RabbitMQ closes a channel holding a delivery past its
     consumer_timeout), and a crash during a step costs no delivery attempt.
     """
+    follow_up: FollowUp | None = None  # none for a dead-lettered message
     try:
         follow_up = await handler(message)
     except BadMessageError as error:
@@ -44,6 +46,7 @@ async def settle(
             )
             await _settle_quietly(message.nack(requeue=True))
             return
+        get_metrics().message_dead_lettered(queue, error.category)
     except Exception:
         log.exception(
             "message %s from %s failed; it goes back to the queue", message.message_id, queue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -14,10 +15,20 @@ M = TypeVar("M", bound=WireModel)
 
 #: Message ids are recorded for deduplication in a column of this width.
 MAX_MESSAGE_ID = 200
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class BadMessageError(Exception):
-    """A message that can never be applied; its text is the dead-letter reason."""
+    """A message that can never be applied; its text is the dead-letter reason.
+
+    Args:
+        reason: why, in full: the `x-error-reason` header and the log say it.
+        category: the reason in a word, one of `DEAD_LETTER_REASONS` (a metric's label).
+    """
+
+    def __init__(self, reason: str, category: str) -> None:
+        super().__init__(reason)
+        self.category = category
 
 
 def _refuse_constant(name: str) -> Any:
@@ -27,28 +38,38 @@ def _refuse_constant(name: str) -> Any:
 def decode(message: AbstractIncomingMessage, model: type[M]) -> M:
     body = message.body
     if message.message_id is not None and len(message.message_id) > MAX_MESSAGE_ID:
-        raise BadMessageError(f"message_id is over {MAX_MESSAGE_ID} characters")
+        raise BadMessageError(f"message_id is over {MAX_MESSAGE_ID} characters", "too_large")
+    if message.message_id is not None and _CONTROL_CHARACTER.search(message.message_id):
+        # Recorded as text for deduplication: PostgreSQL refuses a NUL byte, and the
+        # consumer would requeue the message until the broker's delivery limit.
+        raise BadMessageError("message_id contains a control character", "invalid_message")
     if len(body) > MAX_MESSAGE_BYTES:
-        raise BadMessageError(f"body is {len(body)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
+        raise BadMessageError(
+            f"body is {len(body)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit", "too_large"
+        )
     content_type = (message.content_type or "application/json").split(";")[0].strip().lower()
     if content_type != "application/json":
-        raise BadMessageError(f"content type {message.content_type!r} is not application/json")
+        raise BadMessageError(
+            f"content type {message.content_type!r} is not application/json", "bad_content_type"
+        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise BadMessageError(f"body is not UTF-8: {error}") from None
+        raise BadMessageError(f"body is not UTF-8: {error}", "not_utf8") from None
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
-        raise BadMessageError("body is nested too deeply") from None
+        raise BadMessageError("body is nested too deeply", "not_json") from None
     except ValueError as error:
-        raise BadMessageError(f"body is not JSON: {error}") from None
+        raise BadMessageError(f"body is not JSON: {error}", "not_json") from None
     try:
         return model.model_validate(data)
     except ValidationError as error:
         details = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()
         )
-        raise BadMessageError(f"not a valid {model.__name__}: {details}") from None
+        raise BadMessageError(
+            f"not a valid {model.__name__}: {details}", "invalid_message"
+        ) from None
     except RecursionError:
-        raise BadMessageError("body is nested too deeply") from None
+        raise BadMessageError("body is nested too deeply", "not_json") from None

@@ -36,23 +36,28 @@ class IngressConsumer:
         model = INGRESS_ROUTES.get(key)
         if model is None:
             raise BadMessageError(
-                f"unknown routing key {key!r}: use one of {sorted(INGRESS_ROUTES)}"
+                f"unknown routing key {key!r}: use one of {sorted(INGRESS_ROUTES)}",
+                "unknown_routing_key",
             )
         command = decode(message, model)
         try:
-            await self.runtime.database.retry(lambda: self._apply(command, message.message_id))
+            await self.runtime.database.retry(lambda: self._apply(command, message))
         except InstanceNotFoundError as error:
             attempt = (message.headers or {}).get(ATTEMPT_HEADER, 0)
             if not isinstance(attempt, int):
                 attempt = 0
             if attempt >= len(UNKNOWN_INSTANCE_RETRIES):
-                raise BadMessageError(str(error)) from None
+                raise BadMessageError(str(error), "unknown_instance") from None
             delay = timedelta(seconds=UNKNOWN_INSTANCE_RETRIES[attempt])
             await self.runtime.publisher.republish(
                 message, key, delay, **{ATTEMPT_HEADER: attempt + 1}
             )
 
-    async def _apply(self, command: WireModel, message_id: str | None) -> None:
+    async def _apply(self, command: WireModel, message: AbstractIncomingMessage) -> None:
+        message_id = message.message_id
+        # The sender's trace context: a create's root span becomes a child of the sender's
+        # span, an event or a control is linked to it.
+        headers = message.headers or None
         try:
             async with self.runtime.transaction() as tx:
                 # A copy of a message already applied (a redelivery, or a publisher's retry)
@@ -61,15 +66,17 @@ class IngressConsumer:
                     return
                 if isinstance(command, CreateInstance):
                     await commands.create_instances(
-                        tx, command.workflow, [(command.id, command.params)]
+                        tx, command.workflow, [(command.id, command.params)], headers
                     )
                 elif isinstance(command, SendEvent):
                     await commands.send_event(
-                        tx, command.instance_id, command.type, command.payload
+                        tx, command.instance_id, command.type, command.payload, headers
                     )
                 elif isinstance(command, ControlInstance):
-                    await commands.control(tx, command.instance_id, command.action)
+                    await commands.control(tx, command.instance_id, command.action, headers)
         except InstanceExistsError:
             return  # a create for an id that exists creates nothing
-        except (WorkflowNotFoundError, InstanceStateError) as error:
-            raise BadMessageError(str(error)) from None
+        except WorkflowNotFoundError as error:
+            raise BadMessageError(str(error), "unknown_workflow") from None
+        except InstanceStateError as error:
+            raise BadMessageError(str(error), "invalid_state") from None

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import functools
 import inspect
+import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +26,13 @@ class AttemptOutcome:
     output: Any = None
     error: ErrorInfo | None = None
     is_retryable: bool = True
+    #: What the body raised, for the attempt's span (the error itself is recorded as `error`).
+    exception: BaseException | None = dataclasses.field(default=None, compare=False)
+    #: Wall time of the body, in this worker.
+    duration_s: float = 0.0
+    #: Thread CPU time of a plain-function body (0 for an async one, which shares the event
+    #: loop's thread with every other instance: its CPU time cannot be told apart).
+    cpu_s: float = 0.0
 
 
 def _is_async(fn: Any) -> bool:
@@ -32,9 +43,29 @@ def _is_async(fn: Any) -> bool:
 
 
 async def run_attempt(pending: PendingAttempt, executor: Executor) -> AttemptOutcome:
-    """Run the step body once, within its timeout. A plain function runs in `executor`, so a
-    blocking body never stalls the event loop; on timeout its thread is abandoned and its late
-    result ignored."""
+    """Run the step body once, within its timeout, and measure its wall and CPU time. A plain
+    function runs in `executor`, so a blocking body never stalls the event loop; on timeout its
+    thread is abandoned and its late result ignored."""
+    started = time.perf_counter()
+    cpu_used: list[float] = []
+    outcome = await _run_body(pending, executor, cpu_used)
+    return dataclasses.replace(
+        outcome, duration_s=time.perf_counter() - started, cpu_s=sum(cpu_used)
+    )
+
+
+def _timed(call: Callable[[], Any], cpu_used: list[float]) -> Any:
+    """Run `call` in this thread, adding its thread CPU time to `cpu_used` however it ends."""
+    started = time.thread_time()
+    try:
+        return call()
+    finally:
+        cpu_used.append(time.thread_time() - started)
+
+
+async def _run_body(
+    pending: PendingAttempt, executor: Executor, cpu_used: list[float]
+) -> AttemptOutcome:
     step = pending.step
     seconds = pending.timeout.total_seconds()
     deadline = asyncio.timeout(seconds)
@@ -43,22 +74,28 @@ async def run_attempt(pending: PendingAttempt, executor: Executor) -> AttemptOut
             if _is_async(pending.fn):
                 result = await pending.fn(*pending.args)
             else:
-                call = functools.partial(pending.fn, *pending.args)
-                result = await asyncio.get_running_loop().run_in_executor(executor, call)
+                call = functools.partial(
+                    _timed, functools.partial(pending.fn, *pending.args), cpu_used
+                )
+                # In a copy of this task's context: the body's logs keep their instance and
+                # step tags, and its spans nest under the attempt's.
+                result = await asyncio.get_running_loop().run_in_executor(
+                    executor, contextvars.copy_context().run, call
+                )
                 if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
                     result = await result
         return AttemptOutcome(output=encode_result(step.name, result))
     except (NonRetryableError, SerializationError) as error:
-        return AttemptOutcome(error=error_info(error), is_retryable=False)
+        return AttemptOutcome(error=error_info(error), is_retryable=False, exception=error)
     except BaseException as error:
         if deadline.expired():
             timeout = StepTimeoutError(step.name, step.attempt, seconds)
-            return AttemptOutcome(error=error_info(timeout))
+            return AttemptOutcome(error=error_info(timeout), exception=timeout)
         if isinstance(error, KeyboardInterrupt) or _is_cancelling_us(error):
             raise  # the worker is stopping: the attempt is released, not failed
         # Anything else the body raised, even a stray CancelledError or SystemExit, is the
         # step's failure; it must not escape and strand the message.
-        return AttemptOutcome(error=error_info(error))
+        return AttemptOutcome(error=error_info(error), exception=error)
 
 
 def _is_cancelling_us(error: BaseException) -> bool:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
+from opentelemetry.trace import Span
 from sqlalchemy.exc import IntegrityError
 
 from processor.errors import (
@@ -18,21 +21,34 @@ from processor.errors import (
 from processor.runtime import Tx
 from processor.store import queries
 from processor.store.tables import EventRow, InstanceRow
+from processor.telemetry.tracing import (
+    current_traceparent,
+    instance_parent,
+    instance_span,
+    trace_headers,
+)
 from schemas import ID_PATTERN, TERMINAL_STATUSES, ControlAction, InstanceStatusName
 
 _ID = re.compile(ID_PATTERN)
 
 
 def check_instance_id(instance_id: Any) -> str:
-    if not isinstance(instance_id, str) or not _ID.match(instance_id):
+    if not isinstance(instance_id, str) or not _ID.fullmatch(instance_id):
         raise ValueError(f"instance id {instance_id!r} must match {ID_PATTERN}")
     return instance_id
 
 
 async def create_instances(
-    tx: Tx, workflow: str, items: list[tuple[str | None, dict[str, Any] | None]]
+    tx: Tx,
+    workflow: str,
+    items: list[tuple[str | None, dict[str, Any] | None]],
+    headers: Mapping[str, object] | None = None,
 ) -> list[InstanceRow]:
     """Insert queued instances and their first run messages.
+
+    Each instance starts a trace of its own, whose root span (`create {workflow}`) is a child
+    of the span in `headers` (a message another service published), or else of the current
+    span; its `traceparent` is stored with the instance for every later span to join.
 
     Raises:
         WorkflowNotFoundError: no worker ever registered `workflow`.
@@ -50,6 +66,13 @@ async def create_instances(
             created_at=tx.now,
             updated_at=tx.now,
         )
+        with instance_span(
+            f"create {workflow}",
+            instance_id=row.id,
+            workflow=workflow,
+            parent=instance_parent(None, headers),
+        ):
+            row.traceparent = current_traceparent()
         if await queries.get_instance(tx.session, row.id) is not None:
             raise InstanceExistsError(row.id)
         tx.session.add(row)
@@ -63,25 +86,46 @@ async def create_instances(
     return rows
 
 
-async def send_event(tx: Tx, instance_id: str, event_type: str, payload: Any) -> None:
+async def send_event(
+    tx: Tx,
+    instance_id: str,
+    event_type: str,
+    payload: Any,
+    headers: Mapping[str, object] | None = None,
+) -> None:
     """Buffer an event for the instance and wake it.
+
+    Traced as `event {type}` in the instance's trace, linked to the sender's span (from
+    `headers`, or the current span).
 
     Raises:
         InstanceNotFoundError: no such instance.
+        InstanceStateError: the instance is finished: nothing would ever take the event.
     """
     instance = await queries.lock_instance(tx.session, instance_id)
     if instance is None:
         raise InstanceNotFoundError(instance_id)
-    tx.session.add(
-        EventRow(instance_id=instance_id, type=event_type, payload=payload, received_at=tx.now)
-    )
-    # A paused instance keeps the event for after resume; a finished one never takes it.
-    if instance.status not in TERMINAL_STATUSES and instance.status != InstanceStatusName.PAUSED:
-        tx.emit_run(instance)
+    if instance.status in TERMINAL_STATUSES:
+        raise InstanceStateError(instance_id, f"send event {event_type!r} to", instance.status)
+    with _instance_span(f"event {event_type}", instance, headers):
+        tx.session.add(
+            EventRow(instance_id=instance_id, type=event_type, payload=payload, received_at=tx.now)
+        )
+        # A paused instance keeps the event for after resume.
+        if instance.status != InstanceStatusName.PAUSED:
+            tx.emit_run(instance)
 
 
-async def control(tx: Tx, instance_id: str, action: ControlAction) -> InstanceRow:
+async def control(
+    tx: Tx,
+    instance_id: str,
+    action: ControlAction,
+    headers: Mapping[str, object] | None = None,
+) -> InstanceRow:
     """Pause, resume, terminate or restart an instance.
+
+    Traced as `{action} instance` in the instance's trace, linked to the sender's span (from
+    `headers`, or the current span).
 
     Raises:
         InstanceNotFoundError: no such instance.
@@ -90,6 +134,12 @@ async def control(tx: Tx, instance_id: str, action: ControlAction) -> InstanceRo
     instance = await queries.lock_instance(tx.session, instance_id)
     if instance is None:
         raise InstanceNotFoundError(instance_id)
+    with _instance_span(f"{action.value} instance", instance, headers):
+        return await _control(tx, instance, action)
+
+
+async def _control(tx: Tx, instance: InstanceRow, action: ControlAction) -> InstanceRow:
+    instance_id = instance.id
     status = InstanceStatusName(instance.status)
 
     def refuse() -> InstanceStateError:
@@ -134,3 +184,15 @@ async def control(tx: Tx, instance_id: str, action: ControlAction) -> InstanceRo
         tx.emit_run(instance)
     instance.updated_at = tx.now
     return instance
+
+
+def _instance_span(
+    name: str, instance: InstanceRow, headers: Mapping[str, object] | None
+) -> AbstractContextManager[Span]:
+    """A span in the instance's trace, linked to the span of whoever asked for the change."""
+    return instance_span(
+        name,
+        instance_id=instance.id,
+        workflow=instance.workflow,
+        parent=instance_parent(instance.traceparent, headers or trace_headers()),
+    )

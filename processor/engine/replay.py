@@ -43,6 +43,7 @@ from processor.retry import (
 from processor.step import ReceivedEvent, WorkflowStep
 from processor.store import queries
 from processor.store.tables import EventRow, InstanceRow, StepRow
+from processor.telemetry.tracing import WaitKind
 from processor.workflow import Workflow, WorkflowEvent
 from schemas import ErrorInfo, StepKind, StepStatusName
 
@@ -84,6 +85,19 @@ class Claimant:
         return self.beating_since is not None and now - self.beating_since >= WORKER_STALE
 
 
+@dataclass(frozen=True)
+class EndedWait:
+    """A sleep or an event wait that this round saw end: it gets a span once committed."""
+
+    step: str
+    kind: WaitKind
+    started: datetime
+    #: When the sleep was due, or the wait would time out.
+    due: datetime | None
+    #: `woke` (a sleep), `received` (an event) or `timed_out` (a wait).
+    outcome: str
+
+
 @dataclass
 class ReplayResult:
     outcome: Literal["complete", "errored", "suspended"]
@@ -94,6 +108,10 @@ class ReplayResult:
     waits_on_running: bool = False
     #: Timers set in this round: each needs a delayed wake-up message.
     wakeups: set[datetime] = field(default_factory=set)
+    #: Sleeps and event waits that ended in this round.
+    ended_waits: list[EndedWait] = field(default_factory=list)
+    #: How late each timer this round acted on was (a sleep, a back-off, a wait's timeout).
+    timer_lateness_s: list[float] = field(default_factory=list)
 
 
 def error_info(error: BaseException) -> ErrorInfo:
@@ -185,7 +203,7 @@ class Replay:
                 task.exception()  # _ReplayClosed from a `finally`: nothing to report
             if self._parked:
                 return self.result
-            return ReplayResult(
+            return self._with_telemetry(
                 "errored",
                 error=ErrorInfo(
                     name="NonDeterminismError",
@@ -195,12 +213,38 @@ class Replay:
             )
         failure = task.exception()
         if failure is not None:
-            return ReplayResult("errored", error=error_info(failure))
+            return self._with_telemetry("errored", error=error_info(failure))
         try:
             output = encode_result("run", task.result())
         except SerializationError as error:
-            return ReplayResult("errored", error=error_info(error))
-        return ReplayResult("complete", output=output)
+            return self._with_telemetry("errored", error=error_info(error))
+        return self._with_telemetry("complete", output=output)
+
+    def _with_telemetry(
+        self,
+        outcome: Literal["complete", "errored"],
+        *,
+        output: Any = None,
+        error: ErrorInfo | None = None,
+    ) -> ReplayResult:
+        """A final result that still reports the waits and timers this round saw end."""
+        return ReplayResult(
+            outcome,
+            output=output,
+            error=error,
+            ended_waits=self.result.ended_waits,
+            timer_lateness_s=self.result.timer_lateness_s,
+        )
+
+    def _timer_fired(self, row: StepRow) -> None:
+        if row.wake_at is not None:
+            self.result.timer_lateness_s.append((self.now - row.wake_at).total_seconds())
+
+    def _wait_ended(self, row: StepRow, kind: WaitKind, outcome: str) -> None:
+        if row.started_at is not None:
+            self.result.ended_waits.append(
+                EndedWait(row.key, kind, row.started_at, row.wake_at, outcome)
+            )
 
     async def _until_quiet(self, task: asyncio.Future[Any]) -> None:
         seen, quiet = -1, 0
@@ -308,6 +352,7 @@ class Replay:
             else parse_duration(timeout, what=f"timeout of step {name!r}")
         )
         row, _ = self._step(name, StepKind.DO)
+        is_backing_off = row.status == StepStatusName.RETRYING
         try:
             if row.status == StepStatusName.COMPLETE:
                 model = _model_return_type(fn)
@@ -332,6 +377,8 @@ class Replay:
                 row.wake_at = self.now
             if row.status == StepStatusName.RETRYING and row.wake_at and row.wake_at > self.now:
                 await self._park()
+            if is_backing_off:
+                self._timer_fired(row)
             self.result.attempts.append(PendingAttempt(row, fn, args, retries, limit))
             await self._park()
         finally:
@@ -369,6 +416,9 @@ class Replay:
             if row.status == StepStatusName.COMPLETE:
                 return
             if row.wake_at is not None and row.wake_at <= self.now:
+                if not is_new:  # a sleep_until a past moment is no late timer
+                    self._timer_fired(row)
+                self._wait_ended(row, "sleep", "woke")
                 self._finish(row, StepStatusName.COMPLETE)
                 return
             await self._park()
@@ -409,6 +459,7 @@ class Replay:
             event = await self._take_event(event_type, row.key)
             if event is not None:
                 received = ReceivedEvent(event.type, event.payload, event.received_at)
+                self._wait_ended(row, "wait_for_event", "received")
                 self._finish(
                     row,
                     StepStatusName.COMPLETE,
@@ -421,6 +472,8 @@ class Replay:
                 return received
             if row.wake_at is not None and row.wake_at <= self.now:
                 timeout_error = EventTimeoutError(name, event_type)
+                self._timer_fired(row)
+                self._wait_ended(row, "wait_for_event", "timed_out")
                 self._finish(
                     row,
                     StepStatusName.FAILED,

@@ -8,16 +8,31 @@ and the step's attempt and claim) keeps a late or stale attempt from recording a
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import Executor
+from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from opentelemetry import context
+
 from processor.engine.attempts import AttemptOutcome, claim, is_current, record_outcome, run_attempt
-from processor.engine.replay import WORKER_STALE, Claimant, PendingAttempt, Replay
+from processor.engine.replay import WORKER_STALE, Claimant, PendingAttempt, Replay, ReplayResult
 from processor.failpoints import crash_point
-from processor.runtime import Runtime
+from processor.runtime import Runtime, Tx
 from processor.store import queries
-from processor.store.tables import StepRow
+from processor.store.tables import InstanceRow, StepRow
+from processor.telemetry.logs import log_context
+from processor.telemetry.metrics import get_metrics
+from processor.telemetry.tracing import (
+    SpanParent,
+    StepOutcome,
+    instance_parent,
+    instance_span,
+    record_wait_span,
+    step_attempt_span,
+)
 from processor.workflow import Workflow
 from schemas import TERMINAL_STATUSES, InstanceStatusName, StepStatusName
 
@@ -25,8 +40,19 @@ from schemas import TERMINAL_STATUSES, InstanceStatusName, StepStatusName
 @dataclass
 class ClaimedWork:
     instance_id: str
+    workflow: str
     generation: int
     attempts: list[PendingAttempt]
+    #: The claiming round's span: each attempt's span is its child.
+    parent: SpanParent
+
+
+@dataclass(frozen=True)
+class RecordedOutcome:
+    """How an attempt ended, as recorded: completed, retried after `retry_delay`, or failed."""
+
+    outcome: StepOutcome
+    retry_delay: timedelta | None = None
 
 
 async def replay_round(
@@ -35,54 +61,113 @@ async def replay_round(
     instance_id: str,
     claimant: Claimant,
 ) -> ClaimedWork | None:
-    """Replay the instance and commit its new state; returns the attempts it claimed."""
-    async with runtime.transaction() as tx:
-        instance = await queries.lock_instance(tx.session, instance_id)
-        if instance is None or instance.workflow not in registry:
-            return None
-        instance.run_due_at = None  # this is the round that was owed
-        if instance.status in TERMINAL_STATUSES or instance.status == InstanceStatusName.PAUSED:
-            return None  # resume publishes a run message of its own
-        steps = await queries.load_steps(tx.session, instance_id)
-        # None: every worker counts as alive (see Claimant.trusts_heartbeats).
-        live_workers: frozenset[str] | None = None
-        if claimant.trusts_heartbeats(tx.now) and any(
-            step.status == StepStatusName.RUNNING for step in steps
-        ):
-            live_workers = await queries.live_workers(tx.session, tx.now - WORKER_STALE)
-        replay = Replay(
-            tx.session, instance, steps, now=tx.now, claimant=claimant, live_workers=live_workers
+    """Replay the instance and commit its new state; returns the attempts it claimed.
+
+    The round is a span (`run {workflow}`) in the instance's trace, open until its commit and
+    publishes are done; the waits it saw end get spans of their own once committed.
+    """
+    with ExitStack() as scope:
+        async with runtime.transaction() as tx:
+            instance = await queries.lock_instance(tx.session, instance_id)
+            if instance is None or instance.workflow not in registry:
+                return None
+            workflow = instance.workflow
+            scope.enter_context(log_context(instance_id=instance_id, workflow=workflow))
+            span = scope.enter_context(
+                instance_span(
+                    f"run {workflow}",
+                    instance_id=instance_id,
+                    workflow=workflow,
+                    parent=instance_parent(instance.traceparent),
+                )
+            )
+            result, work = await _advance(tx, instance, registry[workflow], claimant)
+        if result is not None:
+            span.set_attribute("warren.outcome", result.outcome)
+            span.set_attribute("warren.attempts_claimed", len(work.attempts) if work else 0)
+            _record_ended_waits(instance, result)
+    if work is not None:
+        claimant.running.update(
+            (instance_id, pending.step.key, pending.step.attempt) for pending in work.attempts
         )
-        result = await replay.run(registry[instance.workflow])
-        instance.updated_at = tx.now
-        if result.outcome == "complete":
-            instance.status = InstanceStatusName.COMPLETE.value
-            instance.output = result.output
-            await queries.clear_wakeups(tx.session, instance_id)
-            return None
-        if result.outcome == "errored":
-            instance.status = InstanceStatusName.ERRORED.value
-            instance.error = result.error.model_dump(mode="json") if result.error else None
-            await queries.clear_wakeups(tx.session, instance_id)
-            return None
-        for wake_at in sorted(result.wakeups):
-            tx.emit_run(instance, wake_at=wake_at)
-        if instance.pause_requested:
-            # The step boundary a pause waits for: start nothing new.
-            instance.status = InstanceStatusName.PAUSED.value
-            instance.pause_requested = False
-            return None
-        for pending in result.attempts:
-            claim(pending.step, pending, claimant.worker_id, tx.now)
-        busy = result.attempts or result.waits_on_running
-        instance.status = (InstanceStatusName.RUNNING if busy else InstanceStatusName.WAITING).value
-        if not result.attempts:
-            return None
-        work = ClaimedWork(instance_id, instance.generation, result.attempts)
-    claimant.running.update(
-        (instance_id, pending.step.key, pending.step.attempt) for pending in work.attempts
-    )
     return work
+
+
+def _record_ended_waits(instance: InstanceRow, result: ReplayResult) -> None:
+    """Spans and metrics for the timers and waits a committed round saw end."""
+    metrics = get_metrics()
+    for lateness_s in result.timer_lateness_s:
+        metrics.timer_fired(instance.workflow, lateness_s)
+    root = instance_parent(instance.traceparent)
+    for wait in result.ended_waits:
+        record_wait_span(
+            wait.step,
+            kind=wait.kind,
+            instance_id=instance.id,
+            workflow=instance.workflow,
+            started=wait.started,
+            ended=instance.updated_at,
+            parent=root,
+            attributes={
+                "warren.wait_outcome": wait.outcome,
+                **({"warren.due_at": wait.due.isoformat()} if wait.due else {}),
+            },
+        )
+
+
+async def _advance(
+    tx: Tx, instance: InstanceRow, workflow: type[Workflow[Any]], claimant: Claimant
+) -> tuple[ReplayResult | None, ClaimedWork | None]:
+    """The round's work inside its transaction: replay, then apply what the replay decided.
+    Returns the replay's result (None if there was nothing to replay) and the claimed work."""
+    instance_id = instance.id
+    instance.run_due_at = None  # this is the round that was owed
+    if instance.status in TERMINAL_STATUSES or instance.status == InstanceStatusName.PAUSED:
+        return None, None  # resume publishes a run message of its own
+    steps = await queries.load_steps(tx.session, instance_id)
+    # None: every worker counts as alive (see Claimant.trusts_heartbeats).
+    live_workers: frozenset[str] | None = None
+    if claimant.trusts_heartbeats(tx.now) and any(
+        step.status == StepStatusName.RUNNING for step in steps
+    ):
+        live_workers = await queries.live_workers(tx.session, tx.now - WORKER_STALE)
+    replay = Replay(
+        tx.session, instance, steps, now=tx.now, claimant=claimant, live_workers=live_workers
+    )
+    started = time.perf_counter()
+    result = await replay.run(workflow)
+    replay_s = time.perf_counter() - started
+    get_metrics().replay_finished(instance.workflow, replay_s)
+    instance.compute_ms += replay_s * 1000
+    instance.updated_at = tx.now
+    if result.outcome == "complete":
+        instance.status = InstanceStatusName.COMPLETE.value
+        instance.output = result.output
+        await queries.clear_wakeups(tx.session, instance_id)
+        return result, None
+    if result.outcome == "errored":
+        instance.status = InstanceStatusName.ERRORED.value
+        instance.error = result.error.model_dump(mode="json") if result.error else None
+        await queries.clear_wakeups(tx.session, instance_id)
+        return result, None
+    for wake_at in sorted(result.wakeups):
+        tx.emit_run(instance, wake_at=wake_at)
+    if instance.pause_requested:
+        # The step boundary a pause waits for: start nothing new.
+        instance.status = InstanceStatusName.PAUSED.value
+        instance.pause_requested = False
+        return result, None
+    for pending in result.attempts:
+        claim(pending.step, pending, claimant.worker_id, tx.now)
+    busy = result.attempts or result.waits_on_running
+    instance.status = (InstanceStatusName.RUNNING if busy else InstanceStatusName.WAITING).value
+    if not result.attempts:
+        return result, None
+    # The current context holds the round's span: the attempts' spans are its children.
+    parent = SpanParent(context.get_current())
+    return result, ClaimedWork(
+        instance_id, instance.workflow, instance.generation, result.attempts, parent
+    )
 
 
 async def run_claimed(
@@ -96,13 +181,33 @@ async def run_claimed(
     """
 
     async def run_and_record(pending: PendingAttempt) -> None:
-        attempt = (work.instance_id, pending.step.key, pending.step.attempt)
+        step = pending.step
+        attempt = (work.instance_id, step.key, step.attempt)
+        metrics = get_metrics()
         try:
-            outcome = await run_attempt(pending, executor)
-            crash_point("mid_step")
-            await runtime.database.retry(
-                lambda: _record_outcome(runtime, work, pending, outcome, claimant.worker_id)
-            )
+            with (
+                log_context(instance_id=work.instance_id, workflow=work.workflow, step=step.key),
+                step_attempt_span(
+                    step.key,
+                    instance_id=work.instance_id,
+                    workflow=work.workflow,
+                    attempt=step.attempt,
+                    parent=work.parent,
+                ) as span,
+            ):
+                metrics.step_started(work.workflow)
+                outcome = await run_attempt(pending, executor)
+                crash_point("mid_step")
+                recorded = await runtime.database.retry(
+                    lambda: _record_outcome(runtime, work, pending, outcome, claimant.worker_id)
+                )
+                if recorded is None:  # fenced off: the outcome as the body saw it
+                    span.span.set_attribute("warren.fenced", True)
+                    recorded = RecordedOutcome("completed" if outcome.error is None else "failed")
+                span.set_outcome(
+                    recorded.outcome, retry_delay=recorded.retry_delay, error=outcome.exception
+                )
+                metrics.step_ended(work.workflow, recorded.outcome, outcome.duration_s)
         finally:
             claimant.running.discard(attempt)
 
@@ -115,23 +220,25 @@ async def _record_outcome(
     pending: PendingAttempt,
     outcome: AttemptOutcome,
     worker_id: str,
-) -> None:
+) -> RecordedOutcome | None:
+    """Record the attempt's outcome; None if it was fenced off and recorded nothing."""
     async with runtime.transaction() as tx:
         instance = await queries.lock_instance(tx.session, work.instance_id)
-        if (
-            instance is None
-            or instance.generation != work.generation
-            or instance.status in TERMINAL_STATUSES
-        ):
-            return  # terminated or restarted meanwhile: this attempt's result is void
+        if instance is None:
+            return None
+        # The compute was spent whether or not the result still counts.
+        instance.compute_ms += outcome.duration_s * 1000
+        instance.cpu_ms += outcome.cpu_s * 1000
+        if instance.generation != work.generation or instance.status in TERMINAL_STATUSES:
+            return None  # terminated or restarted meanwhile: this attempt's result is void
         row = await tx.session.get(StepRow, (work.instance_id, pending.step.key))
         if row is None or not is_current(row, pending, worker_id):
-            return  # a newer attempt took over (this one was presumed lost)
+            return None  # a newer attempt took over (this one was presumed lost)
         retry_at = record_outcome(row, pending, outcome, tx.now)
         instance.updated_at = tx.now
         if retry_at is None:
             tx.emit_run(instance)  # the step is done: the next round goes on from it
-            return
+            return RecordedOutcome("completed" if outcome.error is None else "failed")
         tx.emit_run(instance, wake_at=retry_at)
         if await queries.count_running_steps(tx.session, work.instance_id) == 0:
             # Nothing runs during the back-off: a pause asked for meanwhile takes effect now.
@@ -140,3 +247,4 @@ async def _record_outcome(
                 instance.status = InstanceStatusName.PAUSED.value
             elif instance.status == InstanceStatusName.RUNNING:
                 instance.status = InstanceStatusName.WAITING.value
+        return RecordedOutcome("retried", retry_at - tx.now)

@@ -18,6 +18,7 @@ from processor.store.tables import (
     OutboxRow,
     ProcessedMessageRow,
     StepRow,
+    UTCDateTime,
     WorkerRow,
     WorkflowRow,
 )
@@ -245,3 +246,120 @@ async def orphaned_steps(
         .with_for_update(skip_locked=True, of=StepRow)
     )
     return [(step, instance) for step, instance in (await session.exec(query)).all()]
+
+
+#: The columns of an instance a listing shows: never params, output or error, which may be
+#: large (a page of 1,000 instances must stay small).
+InstanceSummaryRow = tuple[str, str, str, datetime]
+
+
+async def page_instances(
+    session: AsyncSession,
+    workflows: Sequence[str] | None,
+    status: str | None,
+    limit: int,
+    before: tuple[datetime, str] | None,
+) -> list[InstanceSummaryRow]:
+    """One page of instances, newest first: (id, workflow, status, created_at).
+
+    Keyset pagination: `before` is the (created_at, id) of the previous page's last row, so a
+    page costs the same however deep it is, and instances created meanwhile shift nothing.
+    """
+    query = select(InstanceRow.id, InstanceRow.workflow, InstanceRow.status, InstanceRow.created_at)
+    if workflows is not None:
+        if len(workflows) == 1:
+            query = query.where(InstanceRow.workflow == workflows[0])
+        else:
+            query = query.where(col(InstanceRow.workflow).in_(workflows))
+    if status is not None:
+        query = query.where(InstanceRow.status == status)
+    if before is not None:
+        created_at, instance_id = before
+        query = query.where(
+            sa.tuple_(col(InstanceRow.created_at), col(InstanceRow.id))
+            < sa.tuple_(sa.literal(created_at, UTCDateTime()), sa.literal(instance_id, sa.String()))
+        )
+    query = query.order_by(col(InstanceRow.created_at).desc(), col(InstanceRow.id).desc())
+    rows = (await session.exec(query.limit(limit))).all()
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+async def latest_steps(
+    session: AsyncSession, instance_ids: Sequence[str]
+) -> dict[str, tuple[str, str]]:
+    """The (key, status) of each instance's most recent step, for those that have one."""
+    if not instance_ids:
+        return {}
+    newest = (
+        select(StepRow.instance_id, sa.func.max(StepRow.seq).label("seq"))
+        .where(col(StepRow.instance_id).in_(instance_ids))
+        .group_by(col(StepRow.instance_id))
+        .subquery()
+    )
+    query = select(StepRow.instance_id, StepRow.key, StepRow.status).join(
+        newest,
+        sa.and_(col(StepRow.instance_id) == newest.c.instance_id, col(StepRow.seq) == newest.c.seq),
+    )
+    return {instance_id: (key, status) for instance_id, key, status in await session.exec(query)}
+
+
+async def count_instances(session: AsyncSession) -> list[tuple[str, str, int]]:
+    """(workflow, status, number of instances) for every pair that has instances."""
+    query = select(InstanceRow.workflow, InstanceRow.status, sa.func.count()).group_by(
+        col(InstanceRow.workflow), col(InstanceRow.status)
+    )
+    return [(workflow, status, count) for workflow, status, count in await session.exec(query)]
+
+
+async def registered_workflows(session: AsyncSession) -> list[str]:
+    """The names of every workflow a worker has registered."""
+    query = select(WorkflowRow.name).order_by(col(WorkflowRow.name))
+    return list((await session.exec(query)).all())
+
+
+async def count_outbox(session: AsyncSession) -> int:
+    """Outbox rows not yet deleted: committed messages awaiting publication (or deletion)."""
+    return (await session.exec(select(sa.func.count()).select_from(OutboxRow))).one()
+
+
+#: (workflow, instances, compute_ms, cpu_ms, wall_ms): one workflow's totals.
+UsageRow = tuple[str, int, float, float, float]
+
+
+async def usage_by_workflow(
+    session: AsyncSession, workflow: str | None, since: datetime | None, now: datetime
+) -> list[UsageRow]:
+    """Compute and wall time totals per workflow, of the instances created since `since`.
+
+    An instance's wall time runs from its creation to its terminal status, or to `now`.
+    """
+    created = col(InstanceRow.created_at)
+    end = sa.case(
+        (
+            col(InstanceRow.status).in_(("complete", "errored", "terminated")),
+            InstanceRow.updated_at,
+        ),
+        else_=sa.literal(now, UTCDateTime()),
+    )
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    if dialect == "postgresql":
+        wall_ms: Any = sa.func.extract("epoch", end - created) * 1000
+    else:
+        wall_ms = (sa.func.julianday(end) - sa.func.julianday(created)) * 86_400_000
+    # Five columns: more than sqlmodel's typed select() takes.
+    query: Any = sa.select(
+        col(InstanceRow.workflow),
+        sa.func.count(),
+        sa.func.sum(InstanceRow.compute_ms),
+        sa.func.sum(InstanceRow.cpu_ms),
+        sa.func.sum(wall_ms),
+    ).group_by(col(InstanceRow.workflow))
+    if workflow is not None:
+        query = query.where(col(InstanceRow.workflow) == workflow)
+    if since is not None:
+        query = query.where(created >= sa.literal(since, UTCDateTime()))
+    rows = await session.exec(query.order_by(col(InstanceRow.workflow)))
+    return [
+        (name, count, float(compute or 0), float(cpu or 0), float(wall or 0))
+        for name, count, compute, cpu, wall in rows
+    ]

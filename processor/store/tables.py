@@ -63,7 +63,14 @@ class WorkerRow(SQLModel, table=True):
 
 class InstanceRow(SQLModel, table=True):
     __tablename__ = "warren_instances"
-    __table_args__ = (sa.Index("ix_warren_instances_workflow_status", "workflow", "status"),)
+    __table_args__ = (
+        sa.Index("ix_warren_instances_workflow_status", "workflow", "status"),
+        # Keyset pagination of the newest instances (the HTTP API and dashboard), unfiltered
+        # and by one status or workflow: each page is an index range scan, never a sort.
+        sa.Index("ix_warren_instances_created_at_id", "created_at", "id"),
+        sa.Index("ix_warren_instances_status_created_at_id", "status", "created_at", "id"),
+        sa.Index("ix_warren_instances_workflow_created_at_id", "workflow", "created_at", "id"),
+    )
 
     id: str = Field(primary_key=True, max_length=100)
     workflow: str = Field(max_length=100)
@@ -80,6 +87,13 @@ class InstanceRow(SQLModel, table=True):
     #: takes it: a run owed long past this was lost (say, dead-lettered), and the sweeper
     #: publishes another.
     run_due_at: datetime | None = _time(index=True)
+    #: W3C traceparent of the instance's root span (its creation): every later span about
+    #: the instance joins this trace, however long it sleeps and whichever worker runs it.
+    traceparent: str | None = Field(default=None, max_length=64)
+    #: Worker wall time spent on the instance: its step bodies and its replays of run().
+    compute_ms: float = 0.0
+    #: Thread CPU time of its plain-function step bodies (see `AttemptOutcome.cpu_s`).
+    cpu_ms: float = 0.0
 
 
 class StepRow(SQLModel, table=True):

@@ -61,6 +61,7 @@ class Metrics:
         """
         self.provider = provider
         self.registry = registry
+        self._is_shut_down = False
         # Gauges are observed by a synchronous callback at scrape time, so they report the
         # last values the worker refreshed (None: not yet, nothing is reported).
         self._outbox_backlog: int | None = None
@@ -159,8 +160,9 @@ class Metrics:
         }
 
     def shutdown(self) -> None:
-        """Release the provider; `/metrics` is empty after this."""
-        if isinstance(self.provider, SdkMeterProvider):
+        """Release the provider; `/metrics` is empty after this. A second call does nothing."""
+        if isinstance(self.provider, SdkMeterProvider) and not self._is_shut_down:
+            self._is_shut_down = True
             self.provider.shutdown()
 
     def _observe_outbox_backlog(self, options: CallbackOptions) -> Iterable[Observation]:

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Link, Span, StatusCode, Tracer
+from opentelemetry.trace import Link, Span, SpanKind, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
@@ -84,6 +85,73 @@ def setup_tracing() -> TracerProvider | None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def is_tracing() -> bool:
+    """Whether this process records spans: `setup_tracing()`, or the application, installed
+    an SDK tracer provider. Work that only feeds spans is skipped otherwise."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+def trace_sql(engine: sa.Engine, tracer: Tracer | None = None) -> None:
+    """Give every statement `engine` executes within a span a client span, nested under it.
+
+    Warren's own listener rather than opentelemetry-instrumentation-sqlalchemy: that one
+    instruments engines through `create_engine` calls made after it is installed, or one
+    engine per process, and its releases lag SQLAlchemy's (it declares < 2.1).
+
+    Args:
+        engine: the synchronous engine (`AsyncEngine.sync_engine` for an async one).
+        tracer: for tests; the process's tracer by default.
+    """
+    system = engine.dialect.name
+
+    def before(
+        conn: sa.Connection,
+        cursor: object,
+        statement: str,
+        parameters: object,
+        context: sa.engine.ExecutionContext | None,
+        executemany: bool,
+    ) -> None:
+        # Only inside a span (a round, a step, a create): the sweepers' and heartbeats'
+        # statements would each start a trace of their own, every second.
+        if context is None or not trace.get_current_span().get_span_context().is_valid:
+            return
+        operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
+        span = (tracer or _tracer).start_span(
+            f"{operation} {system}",
+            kind=SpanKind.CLIENT,
+            attributes={"db.system": system, "db.statement": statement[:_MAX_STATEMENT]},
+        )
+        context._warren_span = span  # type: ignore[attr-defined]
+
+    def after(
+        conn: sa.Connection,
+        cursor: object,
+        statement: str,
+        parameters: object,
+        context: sa.engine.ExecutionContext | None,
+        executemany: bool,
+    ) -> None:
+        span: Span | None = getattr(context, "_warren_span", None)
+        if span is not None:
+            span.end()
+
+    def failed(exception_context: sa.engine.ExceptionContext) -> None:
+        span: Span | None = getattr(exception_context.execution_context, "_warren_span", None)
+        if span is not None:
+            span.record_exception(exception_context.original_exception)
+            span.set_status(StatusCode.ERROR, str(exception_context.original_exception)[:200])
+            span.end()
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    sa.event.listen(engine, "after_cursor_execute", after)
+    sa.event.listen(engine, "handle_error", failed)
+
+
+#: Statements are cut to this many characters in `db.statement` (parameters are never sent).
+_MAX_STATEMENT = 2000
 
 
 def _exporter_names() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -114,9 +115,17 @@ async def test_create_status_send_event_and_list_from_the_command_line(
             break
         await asyncio.sleep(0.1)
     assert "status complete" in table
-    assert "manager approval" in table
+    # The timeline: step, kind, status, attempts, start, duration (the charge failed once).
+    assert re.search(r"^create invoice +do +complete +1 +\+[0-9.]+s +\d+ ms ", table, re.M)
+    assert re.search(r"^charge card +do +complete +2 ", table, re.M)
+    assert re.search(r"^cooling-off period +sleep +complete +\+[0-9.]+s +2\.\d\d s ", table, re.M)
+    assert re.search(
+        r"^manager approval +wait_for_event +complete .* event 'approval'", table, re.M
+    )
     listed = await asyncio.to_thread(run, "list", "--status", "complete")
-    assert "cli-1\twarren-demo\tcomplete" in listed.stdout
+    assert re.search(r"^cli-1 +warren-demo +complete +\d+s +ship \(complete\)", listed.stdout, re.M)
+    usage = await asyncio.to_thread(run, "usage", "--workflow", "warren-demo", "--since", "1 hour")
+    assert re.search(r"^warren-demo +1 +\d+ ms ", usage.stdout, re.M), usage.stdout
 
 
 def test_bad_json_params_are_refused_before_anything_is_sent(

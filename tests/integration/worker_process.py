@@ -1,5 +1,8 @@
 """A worker in its own OS process, for tests that kill it: `python -m
-tests.integration.worker_process SETTINGS_JSON MODULE`. It prints "ready" once consuming."""
+tests.integration.worker_process SETTINGS_JSON MODULE`. It prints "ready" once consuming.
+
+Tracing is on when the OTEL_* variables say so, as in `warren worker`; the spans are flushed
+when the process exits normally (SIGTERM)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any
 
 from processor import Worker
 from processor.cli import find_workflows
+from processor.telemetry.tracing import setup_tracing
 
 
 async def main(settings: dict[str, Any], module: str) -> None:
@@ -23,4 +27,9 @@ async def main(settings: dict[str, Any], module: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(json.loads(sys.argv[1]), sys.argv[2]))
+    tracer_provider = setup_tracing()
+    try:
+        asyncio.run(main(json.loads(sys.argv[1]), sys.argv[2]))
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()

@@ -172,3 +172,17 @@ def test_a_message_id_too_long_to_record_is_refused() -> None:
     fake = FakeMessage(b'{"workflow": "w"}', "application/json", "m" * 201)
     with pytest.raises(BadMessageError, match="message_id is over 200 characters"):
         decode(cast(AbstractIncomingMessage, fake), CreateInstance)
+
+
+@pytest.mark.parametrize("message_id", ["m\x00", "m\n", "\x7f"])
+def test_a_message_id_with_a_control_character_is_refused(message_id: str) -> None:
+    fake = FakeMessage(b'{"workflow": "w"}', "application/json", message_id)
+    with pytest.raises(BadMessageError, match="message_id contains a control character"):
+        decode(cast(AbstractIncomingMessage, fake), CreateInstance)
+
+
+@pytest.mark.parametrize("event_type", ["ping\x00", "ping\n", "\t"])
+def test_an_event_type_with_a_control_character_is_refused(event_type: str) -> None:
+    body = {"instance_id": "o-1", "type": event_type}
+    with pytest.raises(BadMessageError, match="type: String should match pattern"):
+        decode(message(body), SendEvent)

@@ -52,6 +52,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("run_due_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("traceparent", sa.String(length=64), nullable=True),
+        sa.Column("compute_ms", sa.Float(), nullable=False),
+        sa.Column("cpu_ms", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("warren_instances", schema=None) as batch_op:

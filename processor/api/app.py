@@ -1,0 +1,172 @@
+"""The HTTP gateway: the REST API and the dashboard at /ui, both on one Client."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pydantic
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from processor.api import routes, ui
+from processor.api.auth import ApiConfig, Authenticator
+from processor.client import Client
+from processor.errors import (
+    DatabaseNotMigratedError,
+    InfrastructureError,
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InstanceStateError,
+    WorkflowNotFoundError,
+)
+from schemas import MAX_MESSAGE_BYTES
+
+log = logging.getLogger("warren.api")
+
+HERE = Path(__file__).parent
+#: The checked-in OpenAPI document; `python -m processor.api` rewrites it.
+OPENAPI_PATH = HERE / "openapi.json"
+#: The largest request body accepted: the largest message Warren takes.
+MAX_BODY_BYTES = MAX_MESSAGE_BYTES
+
+#: The HTTP status of each error the Client raises. Lookups follow the exception's MRO, so
+#: pydantic's ValidationError (a ValueError) gets 422 and other ValueErrors 400.
+ERROR_STATUSES: dict[type[Exception], HTTPStatus] = {
+    InstanceNotFoundError: HTTPStatus.NOT_FOUND,
+    WorkflowNotFoundError: HTTPStatus.NOT_FOUND,
+    InstanceExistsError: HTTPStatus.CONFLICT,
+    InstanceStateError: HTTPStatus.CONFLICT,
+    pydantic.ValidationError: HTTPStatus.UNPROCESSABLE_ENTITY,
+    ValueError: HTTPStatus.BAD_REQUEST,
+    InfrastructureError: HTTPStatus.SERVICE_UNAVAILABLE,
+    DatabaseNotMigratedError: HTTPStatus.SERVICE_UNAVAILABLE,
+    OperationalError: HTTPStatus.SERVICE_UNAVAILABLE,
+    InterfaceError: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+
+
+def create_app(
+    config: ApiConfig,
+    client: Callable[[], Client] = Client,
+    environ: Mapping[str, str] = os.environ,
+) -> FastAPI:
+    """The ASGI app. It opens a Client from `client()` on start-up and closes it on shutdown.
+
+    Args:
+        config: tokens and webhook sources (see `processor.api.auth`).
+        client: makes the Client every route uses, e.g. `functools.partial(Client, ...)`.
+        environ: where webhook secrets are read from.
+
+    Raises:
+        ValueError: a webhook secret is missing from `environ`.
+    """
+    authenticator = Authenticator(config, environ)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not config.auth:
+            log.warning("authentication is off: anyone who reaches this server may do anything")
+        async with client() as opened:
+            app.state.client = opened
+            yield
+
+    app = FastAPI(
+        title="Warren",
+        version=importlib.metadata.version("warren"),
+        description=(
+            "Create, inspect and steer workflow instances; deliver events from webhooks. "
+            "Every route takes a bearer token with the `read`, `write` or `events` scope."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.auth = authenticator
+    app.include_router(routes.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(RequestGuard)
+    for error_type in ERROR_STATUSES:
+        app.add_exception_handler(error_type, _error_response)
+    app.add_exception_handler(ui.LoginRequiredError, ui.to_login)
+    return app
+
+
+async def _error_response(request: Request, error: Exception) -> Response:
+    code = next(ERROR_STATUSES[t] for t in type(error).__mro__ if t in ERROR_STATUSES)
+    if code >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        log.warning("%s %s: %r", request.method, request.url.path, error)
+    detail: Any = str(error)
+    if isinstance(error, pydantic.ValidationError):
+        detail = json.loads(error.json(include_url=False, include_context=False))
+    if ui.is_dashboard(request):
+        return ui.error_page(request, code, str(error))
+    return JSONResponse({"detail": detail}, status_code=code)
+
+
+class RequestGuard:
+    """Refuses two kinds of request before the app sees them.
+
+    - A body over MAX_BODY_BYTES (413), whether or not it announces its length.
+    - A state-changing request that a browser sends from another site's page (403): with
+      authentication off, any web page could otherwise post to a dashboard on localhost.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if (
+            scope["method"] not in ("GET", "HEAD", "OPTIONS")
+            and origin is not None
+            and urlsplit(origin).netloc != headers.get("host")
+        ):
+            await _refuse(HTTPStatus.FORBIDDEN, "cross-site requests are refused", scope, send)
+            return
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            await _refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _TOO_LARGE, scope, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                # Raised inside the app, whose exception middleware turns it into the response.
+                raise HTTPException(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _TOO_LARGE)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+_TOO_LARGE = f"the body is over {MAX_BODY_BYTES} bytes"
+
+
+async def _refuse(code: HTTPStatus, detail: str, scope: Scope, send: Send) -> None:
+    async def no_body() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    await JSONResponse({"detail": detail}, status_code=code)(scope, no_body, send)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI document, as checked in at OPENAPI_PATH."""
+    return create_app(ApiConfig()).openapi()

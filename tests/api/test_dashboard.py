@@ -1,0 +1,122 @@
+"""The dashboard's pages and actions, through httpx (the browser test clicks through them too)."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.api.conftest import EVENTS, READ, WRITE, Api, Approval, Other
+
+pytestmark = pytest.mark.integration
+
+
+async def log_in(http: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await http.post("/ui/login", data={"token": token, "next": "/ui/workflows"})
+
+
+async def test_the_dashboard_asks_for_a_token_with_the_read_scope(api: Api) -> None:
+    http = api.http
+    anonymous = await http.get("/ui/instances?status=waiting")
+    assert anonymous.status_code == 303
+    assert anonymous.headers["location"] == "/ui/login?next=/ui/instances%3Fstatus%3Dwaiting"
+    assert (await http.get("/ui/instances/table")).status_code == 401
+
+    for token in ("forged", EVENTS):
+        refused = await log_in(http, token)
+        assert refused.status_code == 401
+        assert "unknown or lacks the read scope" in refused.text
+        assert "warren_token" not in http.cookies
+
+    accepted = await log_in(http, READ)
+    assert accepted.status_code == 303
+    assert accepted.headers["location"] == "/ui/workflows"
+    assert "httponly" in accepted.headers["set-cookie"].lower()
+    assert "samesite=strict" in accepted.headers["set-cookie"].lower()
+    assert (await http.get("/ui/workflows")).status_code == 200
+
+    await http.post("/ui/logout")
+    assert (await http.get("/ui/workflows")).status_code == 303
+    elsewhere = await http.post("/ui/login", data={"token": READ, "next": "https://evil.example"})
+    assert elsewhere.headers["location"] == "/ui/instances"
+
+
+async def test_approve_on_the_instance_page_sends_the_awaited_event(api: Api) -> None:
+    await api.env.start_worker(Approval)
+    params = {"note": "<script>alert(1)</script>"}
+    await api.json(
+        "POST", "/workflows/api-approval/instances", json={"id": "ui-1", "params": params}
+    )
+    await api.until("ui-1", "waiting")
+    http = api.http
+
+    await log_in(http, READ)
+    page = await http.get("/ui/instances/ui-1")
+    assert page.status_code == 200
+    assert "<script>alert(1)</script>" not in page.text
+    assert "\\u003cscript\\u003e" in page.text  # tojson escapes HTML in JSON
+    assert 'class="bar do complete"' in page.text
+    assert 'class="bar wait_for_event waiting"' in page.text
+    assert "event &#39;approval&#39;" in page.text
+    assert 'data-refresh="/ui/instances/ui-1/detail"' in page.text
+    assert "Approve" not in page.text  # a read-only token gets no actions
+    refused = await http.post(
+        "/ui/instances/ui-1/decide", data={"event_type": "approval", "decision": "approve"}
+    )
+    assert refused.status_code == 403
+
+    await log_in(http, WRITE)
+    page = await http.get("/ui/instances/ui-1")
+    assert re.search(r'<form class="decide"[^>]*data-confirm="Send event', page.text)
+    decided = await http.post(
+        "/ui/instances/ui-1/decide",
+        data={"event_type": "approval", "decision": "approve", "payload": '{"by": "ann"}'},
+    )
+    assert decided.status_code == 303
+    assert decided.headers["location"].startswith("/ui/instances/ui-1?notice=approved")
+
+    done = await api.until("ui-1", "complete")
+    assert done["output"] == {"approval": {"by": "ann", "approved": True}}
+    page = await http.get("/ui/instances/ui-1")
+    assert "data-refresh" not in page.text  # finished: the page stops refreshing
+    bad_payload = await http.post(
+        "/ui/instances/ui-1/decide",
+        data={"event_type": "approval", "decision": "reject", "payload": "[1]"},
+    )
+    assert bad_payload.status_code == 400
+    assert "must be a JSON object" in bad_payload.text
+
+
+async def test_control_buttons_list_and_workflow_counts(api: Api) -> None:
+    await api.env.start_worker(Other)
+    await api.json("POST", "/workflows/api-other/instances", json=[{"id": "w-1"}, {"id": "w-2"}])
+    await api.until("w-1", "waiting")
+    http = api.http
+    await log_in(http, WRITE)
+
+    page = await http.get("/ui/instances/w-1")
+    for action in ("pause", "terminate", "restart"):
+        assert f'action="/ui/instances/w-1/control/{action}"' in page.text
+    assert 'action="/ui/instances/w-1/control/resume"' not in page.text
+    terminated = await http.post("/ui/instances/w-1/control/terminate")
+    assert terminated.status_code == 303
+    assert (await api.status("w-1"))["status"] == "terminated"
+    again = await http.post("/ui/instances/w-1/control/terminate")
+    assert again.status_code == 303  # terminating twice changes nothing
+    refused = await http.post("/ui/instances/w-1/control/resume")
+    assert refused.status_code == 409
+    assert "409 Conflict" in refused.text
+
+    listing = await http.get("/ui/instances?workflow=api-other&status=terminated")
+    assert listing.status_code == 200
+    assert ">w-1</a>" in listing.text
+    assert ">w-2</a>" not in listing.text
+    table = await http.get("/ui/instances/table?workflow=api-other")
+    assert table.text.startswith('<section id="instances" data-refresh=')
+    assert (await http.get("/ui/instances/nope")).status_code == 404
+
+    counts = await http.get("/ui/workflows")
+    row = re.search(r"<td><a [^>]*>api-other</a></td>\s*<td>(\d+)</td>", counts.text)
+    assert row is not None
+    assert row.group(1) == "2"
