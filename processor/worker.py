@@ -21,6 +21,7 @@ from processor.consumers.base import Handler, hand_back, settle
 from processor.consumers.ingress import IngressConsumer
 from processor.consumers.runs import RunConsumer
 from processor.engine.replay import WORKER_STALE, Claimant
+from processor.errors import InfrastructureError
 from processor.runtime import Runtime
 from processor.store import queries
 from processor.store.database import is_transient
@@ -163,7 +164,13 @@ class Worker:
                 self._metrics.registry,
                 {name: functools.partial(self._check, name) for name in self.is_ready()},
             )
-            await self._telemetry.start(self.http_host, self.http_port)
+            try:
+                await self._telemetry.start(self.http_host, self.http_port)
+            except OSError as error:  # the port is taken, say
+                raise InfrastructureError(
+                    f"cannot serve /healthz, /readyz and /metrics on {self.http_host}:"
+                    f"{self.http_port}: {error} (WARREN_HTTP_PORT picks another port, off none)"
+                ) from error
         if is_tracing():
             trace_sql(runtime.database.engine.sync_engine)
         await runtime.open(connect_for=60.0)

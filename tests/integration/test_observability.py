@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from processor import Worker
+from processor import InfrastructureError, Worker
 from processor.telemetry.logs import JsonFormatter
 from tests.conftest import TestEnv, assert_eventually
 from tests.integration.helpers import open_wire
@@ -132,3 +132,14 @@ async def test_logs_written_by_a_step_body_carry_its_instance_workflow_and_step(
     assert entry["instance_id"] == instance.id
     assert entry["workflow"] == "logging-order"
     assert entry["step"] == "log progress"
+
+
+async def test_a_taken_port_stops_the_worker_saying_which(env: TestEnv) -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(InfrastructureError, match=f"127.0.0.1:{port}"):
+            await env.start_worker(TracedOrder, http_port=port, http_host="127.0.0.1")
+    finally:
+        server.close()
+        await server.wait_closed()

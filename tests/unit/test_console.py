@@ -1,0 +1,52 @@
+"""How the command line writes durations, and which port a worker serves its probes on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from processor import config
+from processor.console import age_text, duration_text
+
+
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [
+        (timedelta(microseconds=420), "0.4 ms"),
+        (timedelta(milliseconds=12.4), "12 ms"),
+        (timedelta(seconds=1.234), "1.23 s"),
+        (timedelta(minutes=5, seconds=3), "5m 03s"),
+        (timedelta(hours=3, minutes=12, seconds=59), "3h 12m"),
+        (timedelta(days=4, hours=3, minutes=1), "4d 3h"),
+    ],
+)
+def test_durations_read_as_people_write_them(delta: timedelta, text: str) -> None:
+    assert duration_text(delta) == text
+
+
+def test_ages_under_a_minute_are_whole_seconds() -> None:
+    assert age_text(timedelta(seconds=8.7)) == "8s"
+    assert age_text(timedelta(seconds=-0.2)) == "0s"  # clocks a little apart
+    assert age_text(timedelta(minutes=2)) == "2m 00s"
+
+
+@pytest.mark.parametrize(
+    ("variable", "port"), [(None, 9464), ("", 9464), ("8080", 8080), ("0", 0), ("OFF", None)]
+)
+def test_the_worker_port_comes_from_warren_http_port(
+    monkeypatch: pytest.MonkeyPatch, variable: str | None, port: int | None
+) -> None:
+    if variable is None:
+        monkeypatch.delenv("WARREN_HTTP_PORT", raising=False)
+    else:
+        monkeypatch.setenv("WARREN_HTTP_PORT", variable)
+    assert config.http_port() == port
+    assert config.http_port(7000) == 7000  # --http-port wins
+
+
+@pytest.mark.parametrize("variable", ["http", "-1", "70000"])
+def test_a_bad_warren_http_port_is_refused(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.setenv("WARREN_HTTP_PORT", variable)
+    with pytest.raises(ValueError, match="WARREN_HTTP_PORT"):
+        config.http_port()
