@@ -198,8 +198,10 @@ async def run_claimed(
                 metrics.step_started(work.workflow)
                 outcome = await run_attempt(pending, executor)
                 crash_point("mid_step")
+                # The outcome lives only in this process until recorded: wait out any outage.
                 recorded = await runtime.database.retry(
-                    lambda: _record_outcome(runtime, work, pending, outcome, claimant.worker_id)
+                    lambda: _record_outcome(runtime, work, pending, outcome, claimant.worker_id),
+                    patience_s=None,
                 )
                 if recorded is None:  # fenced off: the outcome as the body saw it
                     span.span.set_attribute("warren.fenced", True)

@@ -17,7 +17,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_delay,
+    stop_never,
+    wait_exponential,
+)
 
 from processor.errors import DatabaseNotMigratedError
 from processor.store import migrations
@@ -26,10 +32,22 @@ T = TypeVar("T")
 log = logging.getLogger("warren.database")
 
 
+#: PostgreSQL error classes that pass: connection exceptions (08), a server shutting down or
+#: starting up (57P), too many connections (53300), serialization failures and deadlocks (40).
+TRANSIENT_SQLSTATES = ("08", "57P", "53300", "40001", "40P01")
+
+
+def _sqlstate(error: BaseException) -> str:
+    code = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return code if isinstance(code, str) else ""
+
+
 def is_transient(error: BaseException) -> bool:
     """Database errors that pass: a restart, a dropped connection, SQLite's busy lock, a full
     pool. Integrity and data errors are not: retrying them cannot help."""
     if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if _sqlstate(error).startswith(TRANSIENT_SQLSTATES):
         return True
     if isinstance(error, OperationalError) and isinstance(error.orig, sqlite3.OperationalError):
         # SQLite reports a missing table or column as an OperationalError too.
@@ -78,9 +96,12 @@ class Database:
         #: a worker stops taking messages while it is set.
         self.outage = asyncio.Event()
 
-    async def retry(self, operation: Callable[[], Awaitable[T]]) -> T:
+    async def retry(
+        self, operation: Callable[[], Awaitable[T]], *, patience_s: float | None = PATIENCE_S
+    ) -> T:
         """Run `operation` (a whole transaction), retrying while the database is unreachable
-        (for up to PATIENCE_S), and report the outage meanwhile.
+        (for up to `patience_s`; None: for as long as it takes), and report the outage
+        meanwhile.
 
         A consumer's message stays unacked meanwhile, so a database outage pauses consumption
         instead of dead-lettering work.
@@ -88,7 +109,7 @@ class Database:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
             wait=wait_exponential(multiplier=0.05, max=5),
-            stop=stop_after_delay(PATIENCE_S),
+            stop=stop_never if patience_s is None else stop_after_delay(patience_s),
             before_sleep=lambda _: self.outage.set(),
             reraise=True,
         ):

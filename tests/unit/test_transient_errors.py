@@ -5,9 +5,17 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from processor.store.database import is_transient
+
+
+class PostgresError(Exception):
+    """What asyncpg's errors carry through SQLAlchemy: a SQLSTATE code."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
 
 
 @pytest.mark.parametrize(
@@ -18,6 +26,11 @@ from processor.store.database import is_transient
         (OperationalError("x", {}, sqlite3.OperationalError("no such table: t")), False),
         (OperationalError("x", {}, ConnectionResetError("reset by peer")), True),
         (IntegrityError("x", {}, Exception("duplicate key")), False),
+        (DBAPIError("x", {}, PostgresError("57P03")), True),  # the server is starting up
+        (DBAPIError("x", {}, PostgresError("57P01")), True),  # an administrator shut it down
+        (DBAPIError("x", {}, PostgresError("08006")), True),  # the connection failed
+        (DBAPIError("x", {}, PostgresError("40001")), True),  # a serialization failure
+        (DBAPIError("x", {}, PostgresError("42703")), False),  # no such column
         (ConnectionRefusedError(), True),
         (ValueError("bad"), False),
     ],
