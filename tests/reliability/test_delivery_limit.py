@@ -1,0 +1,74 @@
+"""Scenario 14: crashes never turn into lost work through the broker's delivery limit. One
+worker is killed again and again, more times than the limit, each time with deliveries in
+flight; nothing reaches a dead-letter queue, and every instance completes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from processor.broker.topology import DELIVERY_LIMIT
+from tests.conftest import BROKER_URL, TestEnv
+from tests.reliability.harness import (
+    Fleet,
+    Ledger,
+    Report,
+    check,
+    dead_lettered,
+    seeded_random,
+    wait_terminal,
+)
+from tests.reliability.services import can_restart_services, run
+from tests.reliability.workflows import Chain
+
+
+async def unacked(queue: str) -> int:
+    listing = await run("rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged")
+    for line in listing.splitlines():
+        name, _, count = line.partition("\t")
+        if name == queue:
+            return int(count)
+    return 0
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.timeout(600)
+async def test_more_kills_than_the_delivery_limit_dead_letter_nothing(
+    env: TestEnv, fleet: Fleet, tmp_path: Path
+) -> None:
+    if not can_restart_services():
+        pytest.skip("needs rabbitmqctl to count unacknowledged deliveries")
+    seed, rng = seeded_random("delivery limit")
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    (worker,) = await fleet.start(1, concurrency=10)
+    items = [
+        {"params": {"ledger": str(ledger.path), "step_seconds": [rng.uniform(0.5, 1.5)]}}
+        for _ in range(500)
+    ]
+    ids = []
+    for first in range(0, len(items), 100):
+        ids += [i.id for i in await env.client.create_batch(Chain, items[first : first + 100])]
+    queue = f"{env.namespace}.run.{Chain.name}"
+    in_flight = []
+    for _ in range(DELIVERY_LIMIT + 5):
+        await asyncio.sleep(rng.uniform(0.5, 1.5))
+        for _ in range(10):  # kill it while it holds deliveries
+            if (held := await unacked(queue)) >= 5:
+                break
+        in_flight.append(held)
+        await fleet.kill(worker)
+        (worker,) = await fleet.start(1, concurrency=10)
+    statuses = await wait_terminal(env.client, ids, deadline_s=240)
+    report = check(
+        Report("14 kills > delivery limit", len(ids), fleet.kills, seed=seed),
+        statuses,
+        {i: [0] for i in ids},
+        ledger,
+        fleet.crashed_pids,
+        await dead_lettered(BROKER_URL, env.namespace, [Chain.name]),
+    )
+    print(f"unacked deliveries at each kill: {in_flight}")
+    report.assert_clean()
+    assert sum(1 for n in in_flight if n >= 5) >= DELIVERY_LIMIT, in_flight
