@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import importlib.metadata
 import logging
@@ -24,23 +25,29 @@ from sqlalchemy.engine import make_url
 
 from bench import limits, scenarios
 from bench.environment import ROOT, Environment, new_namespace, open_environment
+from bench.peer import open_peer
 from bench.report import Report, Result, format_table
 from bench.scenarios import FULL, SMOKE, Sizes
 from bench.system import CpuMeter, describe_machine
 from processor import config
 
 SCENARIOS = {
-    "throughput": "1. N instances x 10 trivial steps, 1 and 2 worker processes: steps/s",
+    "throughput": "1. N instances x 10 trivial steps, 1, 2 and 4 worker processes: steps/s",
     "latency": "2. one 3-step instance at a time, create to result: p50, p99",
     "event_latency": "3. send_event to completion of a waiting instance: p50, p99",
+    "sleeping": "4. N instances sleep 30 s, then run a step: creates/s, worker RSS, threads "
+    "and CPU while they sleep, wake-up lateness",
     "timers": "5. durable sleeps of 0.1-60 s: lateness p50, p99, max",
     "broker_limit": "6a. raw aio-pika consume, publish with confirm, ack: round trips/s",
     "sql_limit": "6b. raw one-row SQL commits, 1 and 20 connections: commits/s",
+    "dbos": "7. DBOS Transact (the `bench` extra) running 1, 2 and 3 on the same database",
 }
 BACKENDS = {"sqlite": ["sqlite"], "postgres": ["postgres"], "both": ["sqlite", "postgres"]}
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 #: The raw SQL limit is measured with one connection and with Warren's PostgreSQL pool size.
 SQL_CONNECTIONS = (1, 20)
+#: Scenario 1 is run with 1 worker process first, then with these after the other scenarios.
+MORE_WORKERS = (2, 4)
 
 log = logging.getLogger("bench")
 
@@ -66,6 +73,13 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         "--broker-url", default=config.broker_url(), help="default: WARREN_BROKER_URL"
     )
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
+    parser.add_argument(
+        "--sleep-s",
+        type=float,
+        help=f"how long the instances of scenario 4 sleep (default {FULL.sleep_s:g}, smoke "
+        f"{SMOKE.sleep_s:g}); a longer sleep leaves a quiet window to a worker that parks "
+        "them slowly",
+    )
     return parser.parse_args(argv)
 
 
@@ -130,6 +144,7 @@ async def run_backend(
         "steps": 10,
         "concurrency": sizes.concurrency,
     }
+    # Scenarios 1 to 5 run on one worker process; the others are started after them.
     if "throughput" in only:
         await measure(
             report,
@@ -165,13 +180,46 @@ async def run_backend(
         await measure(
             report, "timers", backend, params, lambda: scenarios.timers(environment, sizes)
         )
-    if "throughput" in only:
+    if "sleeping" in only:
+        params = {"instances": sizes.sleepers, "sleep_s": sizes.sleep_s, "steps": 1}
         await measure(
-            report,
-            "throughput",
-            backend,
-            {**throughput_params, "workers": 2},
-            lambda: scenarios.throughput(environment, sizes, 2),
+            report, "sleeping", backend, params, lambda: scenarios.sleeping(environment, sizes)
+        )
+    if "throughput" in only:
+        for workers in MORE_WORKERS:
+            await measure(
+                report,
+                "throughput",
+                backend,
+                {**throughput_params, "workers": workers},
+                functools.partial(scenarios.throughput, environment, sizes, workers),
+            )
+    if "dbos" in only:
+        await run_peer(report, environment, sizes)
+
+
+async def run_peer(report: Report, environment: Environment, sizes: Sizes) -> None:
+    """Scenario 7: scenarios 1 to 3 on DBOS Transact, alone on the machine (Warren's workers
+    are stopped), with the same counts as Warren's."""
+    params: dict[str, dict[str, int | float | str]] = {
+        "throughput": {"instances": sizes.instances, "steps": 10, "processes": 1},
+        "latency": {"runs": sizes.latency_runs, "warmup_runs": sizes.warmup_runs, "steps": 3},
+        "event_latency": {"runs": sizes.event_runs, "warmup_runs": sizes.warmup_runs},
+    }
+    try:
+        async with open_peer(environment, sizes) as peer:
+            for scenario, scenario_params in params.items():
+                await measure(
+                    report,
+                    f"dbos_{scenario}",
+                    environment.backend,
+                    scenario_params,
+                    functools.partial(peer.measure, scenario),
+                )
+    except Exception as error:
+        traceback.print_exc()
+        report.results.append(
+            Result("dbos", environment.backend, {}, error=f"{type(error).__name__}: {error}")
         )
 
 
@@ -213,6 +261,8 @@ async def software_versions(options: argparse.Namespace, backends: list[str]) ->
 
 async def run(options: argparse.Namespace, command: str) -> Report:
     sizes = SMOKE if options.smoke else FULL
+    if options.sleep_s is not None:
+        sizes = dataclasses.replace(sizes, sleep_s=options.sleep_s)
     backends = BACKENDS[options.backend]
     only: set[str] = options.only
     report = Report(
@@ -249,6 +299,7 @@ async def run(options: argparse.Namespace, command: str) -> Report:
                 )
     report.seconds = time.perf_counter() - start
     report.add_fractions()
+    report.add_peer_ratios()
     return report
 
 

@@ -10,12 +10,8 @@ from typing import Any
 
 from bench.scenarios import TIMER_BANDS
 
-#: Scenarios of issue 4 that this benchmark does not run yet, by key.
-NOT_YET_MEASURED = {
-    "sleeping_at_scale": "4. 10,000 instances sleeping 30 s: creation rate, worker RSS and "
-    "CPU while they sleep, wake-up lateness",
-    "dbos_peer": "7. DBOS Transact for Python running scenarios 1-3 beside Warren",
-}
+#: Scenario 1 runs with this many worker processes.
+WORKER_COUNTS = (1, 2, 4)
 
 
 @dataclass
@@ -74,10 +70,31 @@ class Report:
                 if commits:
                     result.metrics["sql_limit_pct"] = 100 * steps / max(commits)
 
+    def add_peer_ratios(self) -> None:
+        """Warren's figures divided by DBOS's on the same backend, kept with DBOS's results:
+        above 1, Warren does more steps/s; below 1, Warren's latency is lower."""
+
+        def measured(result: Result | None) -> dict[str, float] | None:
+            return None if result is None or result.error is not None else result.metrics
+
+        for backend in self.backends:
+            peer = measured(self.find("dbos_throughput", backend))
+            for workers in WORKER_COUNTS:
+                warren = measured(self.find("throughput", backend, workers=workers))
+                if peer is not None and warren is not None:
+                    ratio = warren["steps_per_s"] / peer["steps_per_s"]
+                    peer[f"warren_ratio_workers_{workers}"] = ratio
+            for scenario in ("latency", "event_latency"):
+                peer = measured(self.find(f"dbos_{scenario}", backend))
+                warren = measured(self.find(scenario, backend))
+                if peer is not None and warren is not None:
+                    for quantile in ("p50", "p99"):
+                        ratio = warren[f"{quantile}_ms"] / peer[f"{quantile}_ms"]
+                        peer[f"warren_{quantile}_ratio"] = ratio
+
     def write_json(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         document: dict[str, Any] = asdict(self)
-        document["not_yet_measured"] = NOT_YET_MEASURED
         path.write_text(json.dumps(document, indent=2) + "\n")
 
 
@@ -115,6 +132,32 @@ def _cpu(metrics: dict[str, float]) -> str:
     return f"{' / '.join(parts)} ({metrics['cpu_machine_pct']:.0f}%)"
 
 
+def _sleeping_cpu(metrics: dict[str, float]) -> str:
+    """The worker's CPU idle, then every party's while the instances sleep (if they all did)."""
+    idle = f"{metrics['idle_cpu_workers_pct']:.1f}"
+    if "asleep_cpu_workers_pct" not in metrics:
+        return f"{idle}; no quiet window"
+    parts = [
+        f"{metrics[f'asleep_cpu_{group}_pct']:.1f}" if f"asleep_cpu_{group}_pct" in metrics else "-"
+        for group in ("workers", "broker", "database")
+    ]
+    return f"{idle}; {' / '.join(parts)} ({metrics['asleep_cpu_machine_pct']:.0f}%)"
+
+
+def _memory(metrics: dict[str, float]) -> str:
+    return (
+        f"{number(metrics['rss_idle_mb'])} / {number(metrics['rss_asleep_mb'])}"
+        f" ({metrics['rss_growth_mb']:+.1f})"
+    )
+
+
+def _ratios(keys: list[str]) -> Callable[[dict[str, float]], str]:
+    def cell(metrics: dict[str, float]) -> str:
+        return " / ".join(f"{metrics[key]:.2f}x" if key in metrics else "-" for key in keys)
+
+    return cell
+
+
 def _timer_bands(metrics: dict[str, float]) -> str:
     keys = [key for key, _, _ in TIMER_BANDS]
     return " / ".join(number(metrics[key]) if key in metrics else "-" for key in keys)
@@ -126,7 +169,7 @@ Row = tuple[str, str, str, dict[str, int], Callable[[dict[str, float]], str]]
 
 def _rows() -> list[Row]:
     rows: list[Row] = []
-    for workers in (1, 2):
+    for workers in WORKER_COUNTS:
         plural = "process" if workers == 1 else "processes"
         match = {"workers": workers}
         rows += [
@@ -141,6 +184,16 @@ def _rows() -> list[Row]:
         ("", "seen complete p50 / p99 ms", "latency", {}, _percentiles("seen_")),
         ("3  event latency, send to complete", "p50 / p99 ms", "event_latency", {},
          _percentiles()),
+        ("4  sleeping at scale, sleep then a step", "creates/s", "sleeping", {},
+         lambda m: number(m["creates_per_s"])),
+        ("", "asleep at once / quiet window s", "sleeping", {},
+         lambda m: f"{m['asleep_peak']:,.0f} / {number(m['quiet_window_s'])}"),
+        ("", "worker RSS MB idle / asleep (growth)", "sleeping", {}, _memory),
+        ("", "worker threads idle / asleep", "sleeping", {},
+         lambda m: f"{m['threads_idle']:.0f} / {m['threads_asleep']:.0f}"),
+        ("", "CPU % idle wrk; asleep wrk/mq/db (machine)", "sleeping", {}, _sleeping_cpu),
+        ("", "wake lateness p50 / p99 / max ms", "sleeping", {},
+         lambda m: f"{_percentiles()(m)} / {number(m['max_ms'])}"),
         ("5  timer lateness", "p50 / p99 / max ms", "timers", {},
          lambda m: f"{_percentiles()(m)} / {number(m['max_ms'])}"),
         ("", "p99 ms, sleeps <1 / 1-10 / >10 s", "timers", {}, _timer_bands),
@@ -150,6 +203,19 @@ def _rows() -> list[Row]:
          lambda m: number(m["commits_per_s"])),
         ("6b raw SQL commits, 20 connections", "commits/s", "sql_limit", {"connections": 20},
          lambda m: number(m["commits_per_s"])),
+        ("7  DBOS throughput, 1 process", "steps/s", "dbos_throughput", {},
+         lambda m: number(m["steps_per_s"])),
+        ("", "CPU % dbos/-/db/bench (machine)", "dbos_throughput", {}, _cpu),
+        ("", "Warren/DBOS steps/s, 1 / 2 / 4 wrk", "dbos_throughput", {},
+         _ratios([f"warren_ratio_workers_{workers}" for workers in WORKER_COUNTS])),
+        ("7  DBOS latency, start to result", "p50 / p99 ms", "dbos_latency", {},
+         _percentiles()),
+        ("", "Warren/DBOS p50 / p99", "dbos_latency", {},
+         _ratios(["warren_p50_ratio", "warren_p99_ratio"])),
+        ("7  DBOS event latency, send to result", "p50 / p99 ms", "dbos_event_latency", {},
+         _percentiles()),
+        ("", "Warren/DBOS p50 / p99", "dbos_event_latency", {},
+         _ratios(["warren_p50_ratio", "warren_p99_ratio"])),
     ]  # fmt: skip
     return rows
 
@@ -172,9 +238,6 @@ def format_table(report: Report) -> str:
         cells = [cell(report.find(scenario, backend, **match), show) for backend in backends]
         if any(value != "-" for value in cells):
             lines.append([label, measure, *cells])
-    for description in NOT_YET_MEASURED.values():
-        number_, _, what = description.partition(". ")
-        lines.append([f"{number_}  {what.split(':')[0]}", "not yet measured"])
     widths = [max(len(line[i]) for line in lines if len(line) > i) for i in range(len(header))]
     text = [
         f"Warren benchmark{' (smoke)' if report.smoke else ''}: {report.command}",

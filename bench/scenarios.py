@@ -1,4 +1,4 @@
-"""Scenarios 1, 2, 3 and 5: Warren itself, driven through the public Client.
+"""Scenarios 1 to 5: Warren itself, driven through the public Client.
 
 Workers run in their own OS processes (`bench.worker`); the client runs here. Completion is
 detected with the `Probe` (one count query per poll for a batch), not by polling each instance
@@ -18,8 +18,16 @@ from datetime import timedelta
 
 from bench.environment import Environment
 from bench.probe import Probe
-from bench.system import BROKER_PROCESS, DATABASE_PROCESS, CpuMeter, pids_named, process_usage
-from bench.workflows import AwaitEvent, Sleeper, TenSteps, ThreeSteps
+from bench.system import (
+    BROKER_PROCESS,
+    DATABASE_PROCESS,
+    GONE,
+    CpuMeter,
+    Usage,
+    pids_named,
+    process_usage,
+)
+from bench.workflows import AwaitEvent, Sleeper, SleepThenStep, TenSteps, ThreeSteps
 from processor.client import MAX_BATCH
 from schemas import TERMINAL_STATUSES, InstanceStatusName
 
@@ -27,6 +35,8 @@ from schemas import TERMINAL_STATUSES, InstanceStatusName
 COUNT_POLL_S = 0.1
 #: Poll interval of the one-row query that detects that a single instance has changed status.
 ROW_POLL_S = 0.002
+#: How often the workers' memory is read while the instances of scenario 4 sleep.
+WATCH_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,11 @@ class Sizes:
     warmup_runs: int
     timers: int
     timer_max_s: float
+    #: Scenario 4: how many instances sleep at once, how long, and how long the idle worker is
+    #: measured before they are created.
+    sleepers: int
+    sleep_s: float
+    idle_s: float
     #: How long each raw limit is measured.
     limit_s: float
     #: Chains in flight in the raw broker round trips.
@@ -55,15 +70,21 @@ FULL = Sizes(
     warmup_runs=5,
     timers=1000,
     timer_max_s=60.0,
+    sleepers=10_000,
+    sleep_s=30.0,
+    idle_s=5.0,
     limit_s=5.0,
 )
 SMOKE = Sizes(
-    instances=20,
+    instances=10,
     latency_runs=5,
     event_runs=3,
     warmup_runs=1,
     timers=20,
     timer_max_s=2.0,
+    sleepers=20,
+    sleep_s=3.0,
+    idle_s=0.5,
     limit_s=0.5,
 )
 TIMER_MIN_S = 0.1
@@ -83,17 +104,10 @@ async def throughput(environment: Environment, sizes: Sizes, workers: int) -> di
     await environment.ensure_workers(workers, sizes.concurrency)
     probe = environment.probe
     before = await probe.status_counts(TenSteps.name)
-    groups: dict[str, Callable[[], list[int]]] = {
-        "workers": lambda: environment.worker_pids,
-        "broker": lambda: pids_named(BROKER_PROCESS),
-    }
-    if environment.backend == "postgres":
-        groups["database"] = lambda: pids_named(DATABASE_PROCESS)
-    groups["bench"] = lambda: [os.getpid()]
-    meter = CpuMeter(groups)
+    meter = CpuMeter(party_groups(environment))
     meter.start()
     start = time.perf_counter()
-    for batch in _batches(sizes.instances):
+    for batch in batches(sizes.instances):
         await environment.client.create_batch(TenSteps, [{} for _ in batch])
     created = time.perf_counter()
     counts = await _wait_for_total(probe, TenSteps.name, sum(before.values()) + sizes.instances)
@@ -109,6 +123,19 @@ async def throughput(environment: Environment, sizes: Sizes, workers: int) -> di
         "worker_rss_mb": rss / 2**20,
         **cpu,
     }
+
+
+def party_groups(environment: Environment) -> dict[str, Callable[[], list[int]]]:
+    """The processes whose CPU names a bottleneck: Warren's workers, the broker, PostgreSQL's
+    server processes (SQLite runs inside the workers) and this benchmark process."""
+    groups: dict[str, Callable[[], list[int]]] = {
+        "workers": lambda: environment.worker_pids,
+        "broker": lambda: pids_named(BROKER_PROCESS),
+    }
+    if environment.backend == "postgres":
+        groups["database"] = lambda: pids_named(DATABASE_PROCESS)
+    groups["bench"] = lambda: [os.getpid()]
+    return groups
 
 
 async def latency(environment: Environment, sizes: Sizes) -> dict[str, float]:
@@ -161,7 +188,7 @@ async def timers(environment: Environment, sizes: Sizes) -> dict[str, float]:
     rng = random.Random(5)
     delays = [rng.uniform(TIMER_MIN_S, sizes.timer_max_s) for _ in range(sizes.timers)]
     before = await environment.probe.status_counts(Sleeper.name)
-    for batch in _batches(sizes.timers):
+    for batch in batches(sizes.timers):
         items = [{"params": {"seconds": delays[index]}} for index in batch]
         await environment.client.create_batch(Sleeper, items)
     counts = await _wait_for_total(
@@ -187,6 +214,124 @@ async def timers(environment: Environment, sizes: Sizes) -> dict[str, float]:
     return metrics
 
 
+async def sleeping(environment: Environment, sizes: Sizes) -> dict[str, float]:
+    """Scenario 4: `sizes.sleepers` instances (created in batches of 100) each sleep
+    `sizes.sleep_s`, then run one trivial step, on one worker process.
+
+    Measured: the client's creation rate; the worker's resident memory and OS threads idle
+    (after a warm-up batch of short sleeps, so that pools and caches are already filled, and
+    before the first create) and while every instance sleeps, and the CPU of each party
+    meanwhile (Warren holds nothing per sleeping instance, so both should stay flat); then
+    wake-up lateness as in scenario 5.
+
+    "While every instance sleeps" is the quiet window from the moment the probe sees them all
+    waiting until the first can wake (the first create plus the sleep). A worker that parks
+    them more slowly than that has no such window: `asleep_peak` then says how many slept at
+    once, memory is read at that peak, and CPU while asleep is not reported.
+    """
+    await environment.ensure_workers(1, sizes.concurrency)
+    probe = environment.probe
+    warmup = await probe.status_counts(SleepThenStep.name)
+    warmup_count = min(sizes.sleepers, MAX_BATCH)
+    await environment.client.create_batch(
+        SleepThenStep, [{"params": {"seconds": TIMER_MIN_S}} for _ in range(warmup_count)]
+    )
+    await _wait_for_total(probe, SleepThenStep.name, sum(warmup.values()) + warmup_count)
+    idle_meter = CpuMeter({"workers": lambda: environment.worker_pids})
+    idle_meter.start()
+    await asyncio.sleep(sizes.idle_s)
+    idle_cpu = idle_meter.stop()
+    idle = _worker_usage(environment)
+    before = await probe.status_counts(SleepThenStep.name)
+    asleep_before = before[InstanceStatusName.WAITING]
+
+    start = time.perf_counter()
+    # No instance can wake before this: its sleep starts after its create.
+    first_wake = start + sizes.sleep_s
+    for batch in batches(sizes.sleepers):
+        await environment.client.create_batch(
+            SleepThenStep, [{"params": {"seconds": sizes.sleep_s}} for _ in batch]
+        )
+    created = time.perf_counter()
+
+    peak, at_peak, all_asleep_at = 0, idle, None
+    while all_asleep_at is None:
+        counts = await probe.status_counts(SleepThenStep.name)
+        asleep = counts[InstanceStatusName.WAITING] - asleep_before
+        if asleep > peak:
+            peak, at_peak = asleep, _worker_usage(environment)
+        if asleep == sizes.sleepers:
+            all_asleep_at = time.perf_counter()
+        elif time.perf_counter() >= first_wake:
+            break
+        else:
+            await asyncio.sleep(COUNT_POLL_S)
+
+    metrics = {
+        "creates_per_s": sizes.sleepers / (created - start),
+        "asleep_peak": float(peak),
+        "quiet_window_s": 0.0,
+        "rss_idle_mb": idle.rss_bytes / 2**20,
+        "threads_idle": float(idle.threads),
+        "idle_cpu_workers_pct": idle_cpu["cpu_workers_pct"],
+    }
+    if all_asleep_at is None or all_asleep_at >= first_wake:
+        asleep_usage = [at_peak]
+    else:
+        metrics["parks_per_s"] = sizes.sleepers / (all_asleep_at - start)
+        metrics["quiet_window_s"] = first_wake - all_asleep_at
+        asleep_usage, asleep_cpu = await _watch_while_asleep(environment, first_wake)
+        metrics |= {f"asleep_{key}": value for key, value in asleep_cpu.items()}
+        metrics["rss_drift_mb"] = (asleep_usage[-1].rss_bytes - asleep_usage[0].rss_bytes) / 2**20
+    rss_asleep = max(usage.rss_bytes for usage in asleep_usage)
+    metrics["rss_asleep_mb"] = rss_asleep / 2**20
+    metrics["rss_growth_mb"] = (rss_asleep - idle.rss_bytes) / 2**20
+    metrics["threads_asleep"] = float(max(usage.threads for usage in asleep_usage))
+
+    counts = await _wait_for_total(
+        probe,
+        SleepThenStep.name,
+        sum(before.values()) + sizes.sleepers,
+        timeout=sizes.sleep_s + 1800,
+    )
+    _check_all_complete(counts, before, sizes.sleepers)
+    sleeps = await probe.sleeps(SleepThenStep.name)
+    lateness = [_ms(late) for seconds, late in sleeps if seconds == sizes.sleep_s]
+    if min(lateness) < 0:
+        raise AssertionError(f"a sleeper woke early, by {-min(lateness):.1f} ms")
+    metrics |= summarize(lateness)
+    metrics["seconds"] = time.perf_counter() - start
+    return metrics
+
+
+async def _watch_while_asleep(
+    environment: Environment, until: float
+) -> tuple[list[Usage], dict[str, float]]:
+    """The workers' memory and threads once a second, and every party's CPU, until `until`."""
+    meter = CpuMeter(party_groups(environment))
+    meter.start()
+    samples = [_worker_usage(environment)]
+    while (remaining := until - time.perf_counter()) > 0:
+        await asyncio.sleep(min(WATCH_INTERVAL_S, remaining))
+        samples.append(_worker_usage(environment))
+    return samples, meter.stop()
+
+
+def _worker_usage(environment: Environment) -> Usage:
+    """CPU, memory and threads of the worker processes added up."""
+    usages = []
+    for pid in environment.worker_pids:
+        try:
+            usages.append(process_usage(pid))
+        except GONE as error:
+            raise RuntimeError(f"worker process {pid} is gone") from error
+    return Usage(
+        sum(usage.cpu_s for usage in usages),
+        sum(usage.rss_bytes for usage in usages),
+        sum(usage.threads for usage in usages),
+    )
+
+
 def summarize(values_ms: Sequence[float], prefix: str = "") -> dict[str, float]:
     """p50, p99 and max, in milliseconds."""
     ordered = sorted(values_ms)
@@ -209,7 +354,8 @@ def _ms(delta: timedelta) -> float:
     return delta / timedelta(milliseconds=1)
 
 
-def _batches(count: int) -> Iterator[range]:
+def batches(count: int) -> Iterator[range]:
+    """`range(count)` in slices of at most `create_batch`'s limit (100)."""
     for start in range(0, count, MAX_BATCH):
         yield range(start, min(start + MAX_BATCH, count))
 

@@ -1,6 +1,7 @@
-"""CPU and memory of processes and of the machine: psutil when it is installed, else /proc.
+"""CPU, memory and threads of processes and of the machine: psutil when it is installed, else
+/proc.
 
-psutil is optional (the benchmark adds no dependency); without it this reads Linux's /proc.
+psutil comes with the `bench` extra; without it this reads Linux's /proc.
 """
 
 from __future__ import annotations
@@ -36,20 +37,24 @@ DATABASE_PROCESS = "postgres"
 class Usage:
     cpu_s: float
     rss_bytes: int
+    threads: int
 
 
 def process_usage(pid: int) -> Usage:
-    """User plus system CPU seconds and resident memory of one process."""
+    """User plus system CPU seconds, resident memory and OS threads of one process."""
     if PSUTIL is not None:
         process = PSUTIL.Process(pid)
-        times = process.cpu_times()
-        return Usage(times.user + times.system, process.memory_info().rss)
+        with process.oneshot():
+            times = process.cpu_times()
+            return Usage(
+                times.user + times.system, process.memory_info().rss, process.num_threads()
+            )
     stat = Path(f"/proc/{pid}/stat").read_text()
     # Fields after the command name, which may hold spaces: state is field 3 of proc(5), so
-    # utime (14), stime (15) and rss (24) are at 11, 12 and 21 here.
+    # utime (14), stime (15), num_threads (20) and rss (24) are at 11, 12, 17 and 21 here.
     fields = stat[stat.rindex(")") + 2 :].split()
     cpu_s = (int(fields[11]) + int(fields[12])) / TICKS
-    return Usage(cpu_s, int(fields[21]) * os.sysconf("SC_PAGE_SIZE"))
+    return Usage(cpu_s, int(fields[21]) * os.sysconf("SC_PAGE_SIZE"), int(fields[17]))
 
 
 def pids_named(name: str) -> list[int]:

@@ -59,4 +59,14 @@ class Sleeper(Workflow[Nap]):
         await step.sleep("nap", event.payload.seconds)
 
 
-WORKFLOWS: list[type[Workflow[Any]]] = [TenSteps, ThreeSteps, AwaitEvent, Sleeper]
+class SleepThenStep(Workflow[Nap]):
+    """Scenario 4: one durable sleep, then one trivial step."""
+
+    name = "bench-sleep-then-step"
+
+    async def run(self, event: WorkflowEvent[Nap], step: WorkflowStep) -> dict[str, int]:
+        await step.sleep("nap", event.payload.seconds)
+        return await step.do("after the nap", trivial, 0)
+
+
+WORKFLOWS: list[type[Workflow[Any]]] = [TenSteps, ThreeSteps, AwaitEvent, Sleeper, SleepThenStep]

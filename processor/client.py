@@ -56,6 +56,8 @@ class InstanceSummary(BaseModel):
     #: its first step.
     current_step: str | None = None
     current_step_status: StepStatusName | None = None
+    #: Worker wall time of its step bodies and replays so far (see `InstanceStatus.compute_ms`).
+    compute_ms: float
 
 
 class WorkflowUsage(BaseModel):
@@ -270,7 +272,7 @@ class Client:
             page = rows[:limit]
             current = await queries.latest_steps(session, [row[0] for row in page])
         instances = []
-        for instance_id, workflow_of, status_name, created_at in page:
+        for instance_id, workflow_of, status_name, created_at, compute_ms in page:
             step_key, step_status = current.get(instance_id, (None, None))
             instances.append(
                 InstanceSummary(
@@ -280,6 +282,7 @@ class Client:
                     created_at=created_at,
                     current_step=step_key,
                     current_step_status=StepStatusName(step_status) if step_status else None,
+                    compute_ms=compute_ms,
                 )
             )
         has_more = len(rows) > limit

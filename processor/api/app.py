@@ -15,10 +15,13 @@ from urllib.parse import urlsplit
 
 import pydantic
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processor.api import routes, ui
@@ -100,7 +103,28 @@ def create_app(
     for error_type in ERROR_STATUSES:
         app.add_exception_handler(error_type, _error_response)
     app.add_exception_handler(ui.LoginRequiredError, ui.to_login)
+    # Starlette's class, not FastAPI's subclass: routing's own 404 and 405 are pages too.
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     return app
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    if ui.is_dashboard(request):
+        return ui.error_page(request, error.status_code, str(error.detail), error.headers)
+    return await http_exception_handler(request, error)
+
+
+async def _invalid_request(request: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    if ui.is_dashboard(request):
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'][1:])}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        return ui.error_page(request, HTTPStatus.UNPROCESSABLE_ENTITY, problems)
+    return await request_validation_exception_handler(request, error)
 
 
 async def _error_response(request: Request, error: Exception) -> Response:
@@ -164,7 +188,12 @@ async def _refuse(code: HTTPStatus, detail: str, scope: Scope, send: Send) -> No
     async def no_body() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    await JSONResponse({"detail": detail}, status_code=code)(scope, no_body, send)
+    request = Request(scope, no_body)
+    if ui.is_dashboard(request):
+        response = ui.error_page(request, code, detail)
+    else:
+        response = JSONResponse({"detail": detail}, status_code=code)
+    await response(scope, no_body, send)
 
 
 def openapi_document() -> dict[str, Any]:

@@ -71,6 +71,10 @@ class WorkflowSummary(BaseModel):
     name: str
     #: Instances per status; statuses with none are left out.
     instances: dict[InstanceStatusName, int]
+    #: Worker time of step bodies and replays, summed over its instances (`Client.usage`).
+    compute_ms: float
+    #: Thread CPU time of plain-function step bodies, summed over its instances.
+    cpu_ms: float
 
 
 def client_of(request: Request) -> Client:
@@ -172,13 +176,23 @@ async def create_instances(
 
 @router.get("/workflows", responses=_errors(401, 403), tags=["workflows"])
 async def list_workflows(request: Request, principal: Reader) -> list[WorkflowSummary]:
-    """Every registered workflow with its number of instances per status."""
-    counts = await client_of(request).workflow_counts()
-    return [
-        WorkflowSummary(name=name, instances=by_status)
-        for name, by_status in sorted(counts.items())
-        if principal.sees(name)
-    ]
+    """Every registered workflow: its instances per status and their compute time."""
+    client = client_of(request)
+    counts = await client.workflow_counts()
+    usage = {totals.workflow: totals for totals in await client.usage()}
+    summaries = []
+    for name, by_status in sorted(counts.items()):
+        if principal.sees(name):
+            totals = usage.get(name)
+            summaries.append(
+                WorkflowSummary(
+                    name=name,
+                    instances=by_status,
+                    compute_ms=totals.compute_ms if totals else 0.0,
+                    cpu_ms=totals.cpu_ms if totals else 0.0,
+                )
+            )
+    return summaries
 
 
 @router.get("/instances", responses=_errors(400, 401, 403), tags=["instances"])

@@ -9,6 +9,7 @@ asks for confirmation first.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -30,7 +31,7 @@ from processor.api.routes import (
     visible_status,
     visible_workflows,
 )
-from processor.client import InstancePage
+from processor.client import InstancePage, WorkflowUsage
 from schemas import (
     TERMINAL_STATUSES,
     ControlAction,
@@ -55,7 +56,8 @@ class LoginRequiredError(Exception):
 
 
 def is_dashboard(request: Request) -> bool:
-    return request.url.path.startswith("/ui")
+    path = request.url.path
+    return path == "/ui" or path.startswith("/ui/")
 
 
 async def to_login(request: Request, error: Exception) -> Response:
@@ -65,12 +67,16 @@ async def to_login(request: Request, error: Exception) -> Response:
     return RedirectResponse(f"/ui/login?next={quote(target)}", HTTPStatus.SEE_OTHER)
 
 
-def error_page(request: Request, code: int, message: str) -> Response:
+def error_page(
+    request: Request, code: int, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """An HTTP error as a page a person reads: the dashboard's answer where the API's is JSON."""
     return templates.TemplateResponse(
         request,
         "error.html",
         {"code": code, "reason": HTTPStatus(code).phrase, "message": message},
         status_code=code,
+        headers=headers,
     )
 
 
@@ -272,11 +278,27 @@ def _back_to(instance_id: str, notice: str) -> Response:
     )
 
 
+@dataclass(frozen=True)
+class WorkflowRow:
+    """One workflow on the workflows page."""
+
+    name: str
+    by_status: dict[InstanceStatusName, int]
+    #: Totals over its instances (`Client.usage`); None while it has none.
+    usage: WorkflowUsage | None
+
+    @property
+    def instances(self) -> int:
+        return sum(self.by_status.values())
+
+
 @router.get("/workflows")
 async def workflows(request: Request, principal: Viewer) -> Response:
-    counts = await client_of(request).workflow_counts()
+    client = client_of(request)
+    counts = await client.workflow_counts()
+    usage = {totals.workflow: totals for totals in await client.usage()}
     rows = [
-        (name, sum(by_status.values()), by_status)
+        WorkflowRow(name, by_status, usage.get(name))
         for name, by_status in sorted(counts.items())
         if principal.sees(name)
     ]
@@ -285,7 +307,7 @@ async def workflows(request: Request, principal: Viewer) -> Response:
         "workflows.html",
         principal,
         rows=rows,
-        statuses=[s for s in InstanceStatusName if any(s in r[2] for r in rows)],
+        statuses=[s for s in InstanceStatusName if any(s in row.by_status for row in rows)],
     )
 
 
@@ -381,6 +403,14 @@ def _clock(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
+def milliseconds(value: float) -> str:
+    """Compute time given in milliseconds: tenths of a millisecond below 10 ms (a replay may
+    take less than one), else as `duration`."""
+    if value < 10:
+        return f"{value:.1f} ms"
+    return duration(timedelta(milliseconds=value))
+
+
 def duration(delta: timedelta) -> str:
     """A short human duration: 350 ms, 4.2 s, 3 min 5 s, 2 h 3 min, 3 d 4 h."""
     seconds = delta.total_seconds()
@@ -399,5 +429,6 @@ def duration(delta: timedelta) -> str:
 
 
 templates.env.filters["duration"] = duration
+templates.env.filters["milliseconds"] = milliseconds
 templates.env.filters["clock"] = _clock
 templates.env.globals["Scope"] = Scope

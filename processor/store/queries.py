@@ -250,7 +250,7 @@ async def orphaned_steps(
 
 #: The columns of an instance a listing shows: never params, output or error, which may be
 #: large (a page of 1,000 instances must stay small).
-InstanceSummaryRow = tuple[str, str, str, datetime]
+InstanceSummaryRow = tuple[str, str, str, datetime, float]
 
 
 async def page_instances(
@@ -260,12 +260,19 @@ async def page_instances(
     limit: int,
     before: tuple[datetime, str] | None,
 ) -> list[InstanceSummaryRow]:
-    """One page of instances, newest first: (id, workflow, status, created_at).
+    """One page of instances, newest first: (id, workflow, status, created_at, compute_ms).
 
     Keyset pagination: `before` is the (created_at, id) of the previous page's last row, so a
     page costs the same however deep it is, and instances created meanwhile shift nothing.
     """
-    query = select(InstanceRow.id, InstanceRow.workflow, InstanceRow.status, InstanceRow.created_at)
+    # Five columns: more than sqlmodel's typed select() takes.
+    query: Any = sa.select(
+        col(InstanceRow.id),
+        col(InstanceRow.workflow),
+        col(InstanceRow.status),
+        col(InstanceRow.created_at),
+        col(InstanceRow.compute_ms),
+    )
     if workflows is not None:
         if len(workflows) == 1:
             query = query.where(InstanceRow.workflow == workflows[0])
@@ -281,7 +288,7 @@ async def page_instances(
         )
     query = query.order_by(col(InstanceRow.created_at).desc(), col(InstanceRow.id).desc())
     rows = (await session.exec(query.limit(limit))).all()
-    return [(row[0], row[1], row[2], row[3]) for row in rows]
+    return [(row[0], row[1], row[2], row[3], float(row[4])) for row in rows]
 
 
 async def latest_steps(

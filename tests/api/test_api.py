@@ -125,6 +125,25 @@ async def test_listing_pages_through_every_instance_once_newest_first(api: Api) 
         assert refused.status_code == code, query
 
 
+async def test_listings_carry_compute_time_per_instance_and_per_workflow(api: Api) -> None:
+    await api.env.start_worker(Approval, Other)
+    await api.json("POST", "/workflows/api-approval/instances", json=[{"id": "t-1"}, {"id": "t-2"}])
+    # Parked on their wait: nothing adds compute time until the event comes.
+    parked = [await api.until(instance_id, "waiting") for instance_id in ("t-1", "t-2")]
+    assert all(status["compute_ms"] > 0 for status in parked)
+
+    listed = await api.json("GET", "/instances?workflow=api-approval", token=READ)
+    workflows = {w["name"]: w for w in await api.json("GET", "/workflows", token=READ)}
+
+    assert {i["id"]: i["compute_ms"] for i in listed["instances"]} == {
+        status["id"]: status["compute_ms"] for status in parked
+    }
+    approval = workflows["api-approval"]
+    assert approval["compute_ms"] == pytest.approx(sum(s["compute_ms"] for s in parked))
+    assert approval["cpu_ms"] == pytest.approx(sum(s["cpu_ms"] for s in parked))
+    assert (workflows["api-other"]["compute_ms"], workflows["api-other"]["cpu_ms"]) == (0, 0)
+
+
 async def test_scopes_decide_what_each_token_may_do(api: Api) -> None:
     await api.env.start_worker(Other)
     await api.json("POST", "/workflows/api-other/instances", json={"id": "s-1"})

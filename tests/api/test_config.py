@@ -16,7 +16,7 @@ from processor.api import ApiConfig, create_app, load_config, new_token
 from processor.api.app import OPENAPI_PATH, openapi_document
 from processor.api.auth import Authenticator, Scope
 from processor.api.server import check_bind
-from processor.api.ui import duration, timeline
+from processor.api.ui import duration, milliseconds, timeline
 from schemas import InstanceStatus, StepKind, StepRecord, StepStatusName
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,3 +168,11 @@ def test_the_timeline_places_each_step_on_one_time_axis() -> None:
 )
 def test_durations_read_at_a_glance(seconds: float, text: str) -> None:
     assert duration(timedelta(seconds=seconds)) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(0.042, "0.0 ms"), (0.42, "0.4 ms"), (9.5, "9.5 ms"), (12.3, "12 ms"), (4200, "4.2 s")],
+)
+def test_compute_times_keep_a_tenth_of_a_millisecond_below_ten(value: float, text: str) -> None:
+    assert milliseconds(value) == text

@@ -7,7 +7,9 @@ import re
 import httpx
 import pytest
 
-from tests.api.conftest import EVENTS, READ, WRITE, Api, Approval, Other
+from processor.api.app import MAX_BODY_BYTES
+from processor.api.ui import milliseconds
+from tests.api.conftest import EVENTS, READ, WRITE, Api, Approval, Other, bearer
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +122,64 @@ async def test_control_buttons_list_and_workflow_counts(api: Api) -> None:
     row = re.search(r"<td><a [^>]*>api-other</a></td>\s*<td>(\d+)</td>", counts.text)
     assert row is not None
     assert row.group(1) == "2"
+
+
+async def test_compute_time_shows_per_instance_and_per_workflow(api: Api) -> None:
+    await api.env.start_worker(Approval)
+    await api.json("POST", "/workflows/api-approval/instances", json=[{"id": "t-1"}, {"id": "t-2"}])
+    # Parked on their wait: nothing adds compute time until the event comes.
+    first = await api.until("t-1", "waiting")
+    await api.until("t-2", "waiting")
+    assert first["compute_ms"] > 0
+    compute = milliseconds(first["compute_ms"])
+    http = api.http
+    await log_in(http, READ)
+
+    table = await http.get("/ui/instances/table")
+    row = re.search(r">t-1</a>.*?</tr>", table.text, re.DOTALL)
+    assert row is not None
+    assert f'<td class="number">{compute}</td>' in row.group(0)
+
+    page = await http.get("/ui/instances/t-1")
+    shown = re.search(r'<dd id="compute"[^>]*>([^<]*)<span class="muted">\(CPU ([^,]*),', page.text)
+    assert shown is not None
+    assert (shown.group(1).strip(), shown.group(2)) == (compute, milliseconds(first["cpu_ms"]))
+
+    (usage,) = await api.env.client.usage("api-approval")
+    workflows = await http.get("/ui/workflows")
+    row = re.search(r">api-approval</a></td>\s*<td>2</td>\s*<td[^>]*>([^<]*)</td>", workflows.text)
+    assert row is not None
+    assert row.group(1) == milliseconds(usage.compute_ms)
+
+
+async def test_dashboard_errors_are_html_pages_while_the_api_keeps_json(api: Api) -> None:
+    http = api.http
+    await log_in(http, READ)
+    too_big = {"content": b"x" * (MAX_BODY_BYTES + 1)}
+    cross_site = {"headers": {"Origin": "https://evil.example"}}
+    for method, url, options, code, says in [
+        ("POST", "/ui/instances/any/decide", {}, 403, "lacks the events scope"),
+        ("POST", "/ui/instances/any/control/pause", {}, 403, "lacks the write scope"),
+        ("POST", "/ui/instances/any/control/explode", {}, 422, "action: Input should be"),
+        ("GET", "/ui/instances/bad%20id", {}, 400, "instance id must match"),
+        ("GET", "/ui/instances/nobody", {}, 404, "nobody"),
+        ("GET", "/ui/no-such-page", {}, 404, "Not Found"),
+        ("POST", "/ui/instances", {}, 405, "Method Not Allowed"),
+        ("POST", "/ui/login", too_big, 413, "the body is over"),
+        ("POST", "/ui/logout", cross_site, 403, "cross-site requests are refused"),
+    ]:
+        response = await http.request(method, url, **options)
+        assert response.status_code == code, url
+        assert response.headers["content-type"].startswith("text/html"), url
+        assert f"<h1>{code} " in response.text, url
+        assert says in response.text, url
+
+    for method, url, token, code in [
+        ("POST", "/instances/any/pause", READ, 403),
+        ("POST", "/instances/any/explode", WRITE, 422),
+        ("GET", "/instances/bad%20id", READ, 400),
+        ("GET", "/no-such-route", READ, 404),
+    ]:
+        response = await http.request(method, url, headers=bearer(token))
+        assert response.status_code == code, url
+        assert "detail" in response.json(), url
