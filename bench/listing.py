@@ -120,7 +120,9 @@ async def measure(environment: Environment, count: int, page_size: int) -> None:
     app = create_app(ApiConfig(auth=False), client)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as http,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost"
+        ) as http,
     ):
         # Not timed: the first request opens the database pool's connection.
         (await http.get("/instances?limit=1")).raise_for_status()

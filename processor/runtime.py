@@ -110,6 +110,9 @@ class Runtime:
     async def open(self, *, connect_for: float = 10.0) -> None:
         """Check the database schema, connect to the broker and declare the exchanges."""
         await self.database.check_migrated()
+        for _ in range(3):  # a few readings of the database's clock: the quickest one counts
+            async with self.database.read() as session:
+                await self.sync_clock(session)
         self.connection = await connect_broker(self.broker_url, connect_for)
         channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         exchanges = await self.topology.declare_exchanges(channel)

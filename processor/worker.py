@@ -24,7 +24,7 @@ from processor.engine.replay import WORKER_STALE, Claimant
 from processor.errors import InfrastructureError
 from processor.runtime import Runtime
 from processor.store import queries
-from processor.store.database import is_transient
+from processor.store.database import is_unreachable
 from processor.store.tables import InstanceRow, StepRow
 from processor.telemetry.http import TelemetryServer
 from processor.telemetry.metrics import Metrics, setup_metrics
@@ -102,6 +102,7 @@ class Worker:
         self._consumer_tags: list[tuple[AbstractQueue, str]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._heartbeat: asyncio.Task[None] | None = None
         self._is_consuming = False
         self._slots = asyncio.Semaphore(concurrency)
         self.claimant = Claimant(uuid.uuid4().hex)
@@ -188,8 +189,8 @@ class Worker:
             queue = await topology.declare_run_queue(channel, name)
             self._subscribe(queue, functools.partial(runs.handle, name))
         await self._start_consuming()
+        self._heartbeat = asyncio.create_task(self._every(HEARTBEAT_INTERVAL_S, self._beat))
         self._background = [
-            asyncio.create_task(self._every(HEARTBEAT_INTERVAL_S, self._beat)),
             asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_overdue_timers)),
             asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_orphaned_attempts)),
             asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_lost_runs)),
@@ -254,12 +255,20 @@ class Worker:
             log.warning("the database is unavailable: taking no messages until it answers")
             await self._stop_consuming()
             await database.wait_until_available()
-            await self._start_consuming()
+            while True:  # the broker may be away too (its channel still being restored)
+                try:
+                    await self._start_consuming()
+                    break
+                except Exception as error:
+                    log.warning("consuming again failed, trying again: %r", error)
+                    await self._stop_consuming()
+                    await asyncio.sleep(1)
             log.info("the database answers again: consuming")
 
     async def stop(self) -> None:
-        """Stop taking messages, give in-flight ones `shutdown_grace` to finish, release the
-        rest unacked (the broker redelivers them), and disconnect."""
+        """Stop taking messages, give in-flight work `shutdown_grace` to finish, cancel the
+        rest, and disconnect. Unacked messages go back to their queue; cancelled attempts are
+        retried by other workers at once, as this worker leaves the heartbeat table."""
         for task in self._background:  # first: the outage watcher would consume again
             task.cancel()
         await self._stop_consuming()
@@ -269,9 +278,12 @@ class Worker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        for task in self._background:
-            with suppress(asyncio.CancelledError):
-                await task
+        # Only now: while it drains, a worker beats, so nobody takes its attempts for lost.
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._background.append(self._heartbeat)
+            self._heartbeat = None
+        await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
         # Before disconnecting: the released messages are redelivered when the connection
         # closes, and whoever gets them must see this worker gone to retry its attempts at once.
@@ -364,7 +376,7 @@ class Worker:
                 await queries.beat(session, self.claimant.worker_id, runtime.clock.now())
         except Exception as error:
             self.claimant.beating_since = None
-            if is_transient(error):
+            if is_unreachable(error):
                 runtime.database.outage.set()
             raise
         if self.claimant.beating_since is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
 import json
 import logging
 import os
@@ -99,7 +100,7 @@ def create_app(
     app.include_router(routes.router)
     app.include_router(ui.router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.add_middleware(RequestGuard)
+    app.add_middleware(RequestGuard, loopback_only=not config.auth)
     for error_type in ERROR_STATUSES:
         app.add_exception_handler(error_type, _error_response)
     app.add_exception_handler(ui.LoginRequiredError, ui.to_login)
@@ -140,21 +141,29 @@ async def _error_response(request: Request, error: Exception) -> Response:
 
 
 class RequestGuard:
-    """Refuses two kinds of request before the app sees them.
+    """Refuses three kinds of request before the app sees them.
 
+    - With `loopback_only` (authentication off), a Host header other than a loopback address
+      (403). A DNS-rebinding page, served from evil.example and then resolved to 127.0.0.1,
+      is same-origin with its own host name, so the Origin check below cannot tell it apart;
+      its Host header still names evil.example.
     - A body over MAX_BODY_BYTES (413), whether or not it announces its length.
     - A state-changing request that a browser sends from another site's page (403): with
       authentication off, any web page could otherwise post to a dashboard on localhost.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, loopback_only: bool) -> None:
         self.app = app
+        self.loopback_only = loopback_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        if self.loopback_only and not _is_loopback_host(headers.get("host")):
+            await _refuse(HTTPStatus.FORBIDDEN, _NOT_LOOPBACK, scope, send)
+            return
         origin = headers.get("origin")
         if (
             scope["method"] not in ("GET", "HEAD", "OPTIONS")
@@ -182,6 +191,24 @@ class RequestGuard:
 
 
 _TOO_LARGE = f"the body is over {MAX_BODY_BYTES} bytes"
+_NOT_LOOPBACK = "with authentication off, the Host header must name a loopback address"
+
+
+def _is_loopback_host(host: str | None) -> bool:
+    """Whether a Host header names this machine by a loopback address (`localhost`,
+    `127.0.0.1`, `[::1]`, ...), with or without a port."""
+    if host is None:
+        return False
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:  # a malformed port or IPv6 literal
+        return False
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name or "").is_loopback
+    except ValueError:
+        return False
 
 
 async def _refuse(code: HTTPStatus, detail: str, scope: Scope, send: Send) -> None:

@@ -249,6 +249,8 @@ async def decide(request: Request, instance_id: str, principal: Viewer) -> Respo
     approved = form.get("decision") == "approve"
     try:
         extra = json.loads(form.get("payload") or "{}")
+    except RecursionError:
+        raise ValueError("the payload is nested too deeply") from None
     except ValueError as error:
         raise ValueError(f"the payload is not JSON: {error}") from None
     if not isinstance(extra, dict):

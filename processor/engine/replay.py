@@ -73,8 +73,10 @@ class Claimant:
     """The worker process that replays and runs attempts."""
 
     worker_id: str
-    #: (instance id, step key, attempt) of the attempts this process is running now.
-    running: set[tuple[str, str, int]] = field(default_factory=set)
+    #: (instance id, generation, step key, attempt) of the attempts this process runs now,
+    #: from before their claim commits (so no round, however quick, takes them for lost)
+    #: until their outcome is recorded.
+    running: set[tuple[str, int, str, int]] = field(default_factory=set)
     #: Since when this process's heartbeats have all succeeded (None after a failed one).
     beating_since: datetime | None = None
 
@@ -385,13 +387,16 @@ class Replay:
             self._activity += 1
 
     def _attempt_is_lost(self, row: StepRow) -> bool:
-        """A running attempt is lost when its lease ran out, or its worker is gone: this very
-        process no longer runs it, or another worker stopped beating."""
-        if row.wake_at is not None and row.wake_at <= self.now:
-            return True
+        """A running attempt is lost when this very process no longer runs it, or another
+        worker stopped beating or let its lease run out. Not while heartbeats are not trusted
+        (see Claimant.trusts_heartbeats): after an outage the owner may still be recording."""
         if row.claimed_by == self.claimant.worker_id:
-            return (self.instance.id, row.key, row.attempt) not in self.claimant.running
-        return self.live_workers is not None and row.claimed_by not in self.live_workers
+            attempt = (self.instance.id, self.instance.generation, row.key, row.attempt)
+            return attempt not in self.claimant.running
+        if self.live_workers is None:
+            return False
+        lease_over = row.wake_at is not None and row.wake_at <= self.now
+        return lease_over or row.claimed_by not in self.live_workers
 
     async def sleep(self, name: str, duration: Duration) -> None:
         length = parse_duration(duration, what=f"duration of sleep {name!r}")

@@ -18,15 +18,20 @@ def to_json_data(value: Any) -> Any:
     """`value` as plain JSON data (pydantic models dumped).
 
     Raises:
-        ValueError: the value is not JSON, holds NaN or Infinity, or is over 1 MiB as JSON;
-            the message says which, as a predicate ("is not JSON-serializable (...)").
+        ValueError: the value is not JSON (an unknown type, a circular reference, nesting
+            too deep), holds NaN or Infinity, or is over 1 MiB as JSON; the message says
+            which, as a predicate ("is not JSON-serializable (...)").
     """
     try:
         data = pydantic_core.to_jsonable_python(value)
-        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
-    except (pydantic_core.PydanticSerializationError, TypeError) as error:
+    except (ValueError, TypeError) as error:
+        # PydanticSerializationError is a ValueError, and so are pydantic's "Circular
+        # reference detected" and "Maximum serialization depth exceeded".
         raise ValueError(f"is not JSON-serializable ({error})") from None
+    try:
+        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
     except ValueError:
+        # pydantic let the data through, so allow_nan=False is the only refusal left.
         raise ValueError("contains NaN or Infinity") from None
     size = len(text.encode())
     if size > MAX_JSON_BYTES:

@@ -8,6 +8,7 @@ and the step's attempt and claim) keeps a late or stale attempt from recording a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import Executor
 from contextlib import ExitStack
@@ -36,6 +37,8 @@ from processor.telemetry.tracing import (
 from processor.workflow import Workflow
 from schemas import TERMINAL_STATUSES, InstanceStatusName, StepStatusName
 
+log = logging.getLogger("warren.rounds")
+
 
 @dataclass
 class ClaimedWork:
@@ -45,6 +48,13 @@ class ClaimedWork:
     attempts: list[PendingAttempt]
     #: The claiming round's span: each attempt's span is its child.
     parent: SpanParent
+
+    def attempt_keys(self) -> list[tuple[str, int, str, int]]:
+        """The attempts' keys in `Claimant.running`."""
+        return [
+            (self.instance_id, self.generation, pending.step.key, pending.step.attempt)
+            for pending in self.attempts
+        ]
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,21 @@ async def replay_round(
     The round is a span (`run {workflow}`) in the instance's trace, open until its commit and
     publishes are done; the waits it saw end get spans of their own once committed.
     """
+    claimed: list[tuple[str, int, str, int]] = []
+    try:
+        return await _replay_round(runtime, registry, instance_id, claimant, claimed)
+    except BaseException:
+        claimant.running.difference_update(claimed)  # the claims did not commit
+        raise
+
+
+async def _replay_round(
+    runtime: Runtime,
+    registry: dict[str, type[Workflow[Any]]],
+    instance_id: str,
+    claimant: Claimant,
+    claimed: list[tuple[str, int, str, int]],
+) -> ClaimedWork | None:
     with ExitStack() as scope:
         async with runtime.transaction() as tx:
             instance = await queries.lock_instance(tx.session, instance_id)
@@ -82,14 +107,15 @@ async def replay_round(
                 )
             )
             result, work = await _advance(tx, instance, registry[workflow], claimant)
+            if work is not None:
+                # Before the commit: a round of a copy of this run message, or of an event,
+                # waiting for the instance lock must find them running, not lost.
+                claimed.extend(work.attempt_keys())
+                claimant.running.update(claimed)
         if result is not None:
             span.set_attribute("warren.outcome", result.outcome)
             span.set_attribute("warren.attempts_claimed", len(work.attempts) if work else 0)
             _record_ended_waits(instance, result)
-    if work is not None:
-        claimant.running.update(
-            (instance_id, pending.step.key, pending.step.attempt) for pending in work.attempts
-        )
     return work
 
 
@@ -176,13 +202,12 @@ async def run_claimed(
     """Run the claimed attempts concurrently, recording each outcome as soon as it is known,
     so a fast step's result (and lease) never waits for a slow sibling.
 
-    The attempts are in `claimant.running` from their claim's commit (`replay_round`) on, so a
-    copy of the run message meanwhile finds them alive in this process.
+    The attempts are in `claimant.running` from before their claim's commit (`replay_round`)
+    on, so a copy of the run message meanwhile finds them alive in this process.
     """
 
-    async def run_and_record(pending: PendingAttempt) -> None:
+    async def run_and_record(pending: PendingAttempt, attempt: tuple[str, int, str, int]) -> None:
         step = pending.step
-        attempt = (work.instance_id, step.key, step.attempt)
         metrics = get_metrics()
         try:
             with (
@@ -213,7 +238,16 @@ async def run_claimed(
         finally:
             claimant.running.discard(attempt)
 
-    await asyncio.gather(*(run_and_record(pending) for pending in work.attempts))
+    outcomes = await asyncio.gather(
+        *(
+            run_and_record(pending, attempt)
+            for pending, attempt in zip(work.attempts, work.attempt_keys(), strict=True)
+        ),
+        return_exceptions=True,  # one failure must not abandon its siblings
+    )
+    for error in outcomes:
+        if isinstance(error, BaseException):
+            log.error("recording a step outcome of %s failed", work.instance_id, exc_info=error)
 
 
 async def _record_outcome(

@@ -19,6 +19,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_delay,
     stop_never,
@@ -53,6 +54,16 @@ def is_transient(error: BaseException) -> bool:
         # SQLite reports a missing table or column as an OperationalError too.
         return "locked" in str(error.orig) or "busy" in str(error.orig)
     return isinstance(error, OperationalError | InterfaceError | PoolTimeoutError | OSError)
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """A transient error that means the database is away (down, restarting, cut off), not
+    merely busy: a lock timeout, a deadlock or a full pool does not stop a worker consuming."""
+    if not is_transient(error) or isinstance(error, PoolTimeoutError):
+        return False
+    if _sqlstate(error).startswith(("40", "53300")):
+        return False
+    return not isinstance(getattr(error, "orig", None), sqlite3.OperationalError)
 
 
 #: How long one operation waits for the database before giving up.
@@ -110,12 +121,17 @@ class Database:
             retry=retry_if_exception(is_transient),
             wait=wait_exponential(multiplier=0.05, max=5),
             stop=stop_never if patience_s is None else stop_after_delay(patience_s),
-            before_sleep=lambda _: self.outage.set(),
+            before_sleep=self._note_outage,
             reraise=True,
         ):
             with attempt:
                 return await operation()
         raise AssertionError("unreachable")
+
+    def _note_outage(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        if error is not None and is_unreachable(error):
+            self.outage.set()
 
     async def wait_until_available(self) -> None:
         """Return once the database answers a query again, and clear `outage`."""

@@ -165,7 +165,9 @@ async def overdue_steps(
 ) -> list[tuple[StepRow, InstanceRow]]:
     """Steps whose timer is overdue by more than `grace` and not swept within `grace`.
 
-    The row locks (SKIP LOCKED on PostgreSQL) keep two sweepers off the same timers.
+    The instance row locks (SKIP LOCKED on PostgreSQL) keep two sweepers off the same timers;
+    they are the instance's, taken first as every round takes them, so a sweep and a round
+    never deadlock (and a sweep skips an instance a round holds).
     """
     cutoff = now - grace
     query = (
@@ -178,7 +180,7 @@ async def overdue_steps(
             col(InstanceRow.workflow).in_(workflows),
         )
         .limit(limit)
-        .with_for_update(skip_locked=True, of=StepRow)
+        .with_for_update(skip_locked=True, of=InstanceRow)
     )
     return [(step, instance) for step, instance in (await session.exec(query)).all()]
 
@@ -243,7 +245,7 @@ async def orphaned_steps(
             col(InstanceRow.workflow).in_(workflows),
         )
         .limit(limit)
-        .with_for_update(skip_locked=True, of=StepRow)
+        .with_for_update(skip_locked=True, of=InstanceRow)
     )
     return [(step, instance) for step, instance in (await session.exec(query)).all()]
 

@@ -3,12 +3,16 @@ SQLite and PostgreSQL. Requests go through httpx to the ASGI app in-process."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
+from processor import Client
+from processor.api import ApiConfig, create_app
 from processor.api.app import MAX_BODY_BYTES
 from tests.api.conftest import (
     EVENTS,
@@ -21,6 +25,7 @@ from tests.api.conftest import (
     bearer,
     signature,
 )
+from tests.conftest import TestEnv
 
 pytestmark = pytest.mark.integration
 
@@ -295,3 +300,37 @@ async def test_bad_input_gets_a_4xx_never_a_server_error(api: Api) -> None:
     assert (await http.post("/instances/bad-1/terminate", headers=cross_site)).status_code == 403
     same_site = headers | {"Origin": "http://warren.test"}
     assert (await http.post("/instances/bad-1/terminate", headers=same_site)).status_code == 200
+
+
+async def test_with_authentication_off_only_a_loopback_host_name_reaches_the_app(
+    env: TestEnv,
+) -> None:
+    await env.start_worker(Other)
+    app = create_app(ApiConfig(auth=False), functools.partial(Client, **env.settings()))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as http,
+    ):
+        # A DNS-rebinding page: evil.example now resolves to 127.0.0.1, so the browser sends
+        # an Origin that matches the Host, and both name evil.example.
+        rebound = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+        created = await http.post(
+            "/workflows/api-other/instances", json={"id": "rebound-1"}, headers=rebound
+        )
+        assert created.status_code == 403
+        assert "Host header must name a loopback address" in created.json()["detail"]
+        assert (await http.get("/instances", headers=rebound)).status_code == 403
+        page = await http.get("/ui/instances", headers=rebound)
+        assert page.status_code == 403
+        assert page.headers["content-type"].startswith("text/html")
+
+        for number, host in enumerate(["localhost:8000", "127.0.0.1:8000", "[::1]:8000"]):
+            loopback = {"Host": host, "Origin": f"http://{host}"}
+            instance_id = f"local-{number}"
+            created = await http.post(
+                "/workflows/api-other/instances", json={"id": instance_id}, headers=loopback
+            )
+            assert created.status_code == 201, host
+            listed = await http.get("/instances", headers=loopback)
+            assert instance_id in listed.text, host
+        assert "rebound-1" not in listed.text

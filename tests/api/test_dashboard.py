@@ -88,6 +88,12 @@ async def test_approve_on_the_instance_page_sends_the_awaited_event(api: Api) ->
     )
     assert bad_payload.status_code == 400
     assert "must be a JSON object" in bad_payload.text
+    too_deep = await http.post(
+        "/ui/instances/ui-1/decide",
+        data={"event_type": "approval", "decision": "reject", "payload": "[" * 100_000},
+    )
+    assert too_deep.status_code == 400
+    assert "nested too deeply" in too_deep.text
 
 
 async def test_control_buttons_list_and_workflow_counts(api: Api) -> None:

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from processor.store.database import is_transient
+from processor.store.database import is_transient, is_unreachable
 
 
 class PostgresError(Exception):
@@ -37,3 +37,19 @@ class PostgresError(Exception):
 )
 def test_transient_errors(error: BaseException, transient: bool) -> None:
     assert is_transient(error) is transient
+
+
+@pytest.mark.parametrize(
+    ("error", "unreachable"),
+    [
+        (OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked")), False),
+        (DBAPIError("x", {}, PostgresError("40P01")), False),  # a deadlock: the server is up
+        (DBAPIError("x", {}, PostgresError("57P03")), True),
+        (ConnectionRefusedError(), True),
+        (ValueError("bad"), False),
+    ],
+)
+def test_only_an_unreachable_database_pauses_a_worker(
+    error: BaseException, unreachable: bool
+) -> None:
+    assert is_unreachable(error) is unreachable

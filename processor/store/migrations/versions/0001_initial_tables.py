@@ -51,16 +51,9 @@ def upgrade() -> None:
         sa.Column("error", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("run_due_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("traceparent", sa.String(length=64), nullable=True),
-        sa.Column("compute_ms", sa.Float(), nullable=False),
-        sa.Column("cpu_ms", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("warren_instances", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_warren_instances_run_due_at"), ["run_due_at"], unique=False
-        )
         batch_op.create_index(
             batch_op.f("ix_warren_instances_created_at"), ["created_at"], unique=False
         )
@@ -147,7 +140,6 @@ def downgrade() -> None:
         batch_op.drop_index("ix_warren_instances_workflow_status")
         batch_op.drop_index(batch_op.f("ix_warren_instances_status"))
         batch_op.drop_index(batch_op.f("ix_warren_instances_created_at"))
-        batch_op.drop_index(batch_op.f("ix_warren_instances_run_due_at"))
 
     op.drop_table("warren_instances")
     with op.batch_alter_table("warren_events", schema=None) as batch_op:

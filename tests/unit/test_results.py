@@ -1,0 +1,57 @@
+"""to_json_data and encode_result: why a value cannot be recorded, in the words of the error."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from processor.engine.results import MAX_JSON_BYTES, encode_result, to_json_data
+from processor.errors import SerializationError
+
+
+def _circular() -> list[Any]:
+    itself: list[Any] = []
+    itself.append(itself)
+    return itself
+
+
+def _nested(depth: int) -> list[Any]:
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (float("nan"), "contains NaN or Infinity"),
+        ({"total": float("inf")}, "contains NaN or Infinity"),
+        (_circular(), "is not JSON-serializable (Circular reference detected"),
+        (_nested(10_000), "is not JSON-serializable (Maximum serialization depth exceeded)"),
+        (object(), "is not JSON-serializable (Unable to serialize unknown type"),
+        (
+            "x" * MAX_JSON_BYTES,  # two quotes make it 2 bytes over
+            f"is {MAX_JSON_BYTES + 2} bytes as JSON, over the {MAX_JSON_BYTES}-byte limit",
+        ),
+    ],
+    ids=["nan", "infinity", "circular", "too-deep", "unknown-type", "too-big"],
+)
+def test_a_value_that_cannot_be_recorded_is_refused_with_the_real_reason(
+    value: Any, reason: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(reason)}"):
+        to_json_data(value)
+
+    step_says = f"step 'fetch' returned a {type(value).__name__} that {reason}"
+    with pytest.raises(SerializationError, match=f"^{re.escape(step_says)}"):
+        encode_result("fetch", value)
+
+
+def test_json_data_passes_through_as_plain_data() -> None:
+    assert to_json_data({"total": 1.5, "items": [1, "two", None]}) == {
+        "total": 1.5,
+        "items": [1, "two", None],
+    }
