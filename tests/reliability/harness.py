@@ -95,6 +95,8 @@ class Fleet:
     #: Pids of processes that ended by a signal (killed, or crashed at a failpoint).
     crashed_pids: set[int] = field(default_factory=set)
     kills: int = 0
+    #: Why a restart by the supervisor failed, each time one did.
+    spawn_failures: list[str] = field(default_factory=list)
     _supervisor: asyncio.Task[None] | None = None
 
     @property
@@ -157,7 +159,11 @@ class Fleet:
                     if code is not None and code < 0:
                         self.crashed_pids.add(worker.pid)
                 while len(self.alive) < count:
-                    await self.spawn(**options)
+                    try:
+                        await self.spawn(**options)
+                    except Exception as error:  # keep supervising: say why, try again
+                        self.spawn_failures.append(repr(error))
+                        await asyncio.sleep(interval)
                 await asyncio.sleep(interval)
 
         self._supervisor = asyncio.create_task(loop())

@@ -35,7 +35,9 @@ async def test_crashes_at_every_failpoint_lose_nothing_and_apply_nothing_twice(
     seed, rng = seeded_random("failpoints")
     ledger = Ledger(tmp_path / "ledger.jsonl")
     fleet.extra_env.update(
-        WARREN_FAILPOINTS=",".join(f"{name}=0.02" for name in CRASHES),
+        # 1% per pass: idle sweeps pass `before_commit` several times a second, so this
+        # still crashes each worker every few seconds.
+        WARREN_FAILPOINTS=",".join(f"{name}=0.01" for name in CRASHES),
         WARREN_FAILPOINT_SEED=str(seed),
     )
     await fleet.start(2, concurrency=10)
@@ -63,7 +65,7 @@ async def test_crashes_at_every_failpoint_lose_nothing_and_apply_nothing_twice(
         for index, instance_id in enumerate(waiters):
             event = {"instance_id": instance_id, "type": "go", "payload": {"n": index}}
             await wire.publish("instance.event", event)
-        statuses = await wait_terminal(env.client, expected, deadline_s=240)
+        statuses = await wait_terminal(env.client, expected, deadline_s=300)
     hits = fleet.failpoint_hits()
     report = check(
         Report("2 crash at failpoints", len(expected), sum(hits.values()), seed=seed),
@@ -78,6 +80,6 @@ async def test_crashes_at_every_failpoint_lose_nothing_and_apply_nothing_twice(
         if stored[instance_id] != 1:
             report.double_applied += 1
             report.problems.append(f"{instance_id} stored {stored[instance_id]} events, not 1")
-    print(f"failpoint hits: {dict(hits)}")
+    print(f"failpoint hits: {dict(hits)}; failed restarts: {fleet.spawn_failures[:5]}")
     report.assert_clean()
     assert len(hits) >= 3, f"too few failpoints fired to mean anything: {dict(hits)}"
