@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,18 +114,6 @@ def render(
         yield from render(
             child, origin_ns, prefix + extension, index == len(children) - 1, is_top=False
         )
-
-
-@pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    server = OtlpReceiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
