@@ -8,7 +8,6 @@ exit status is 1 if any scenario failed: its error is in the table and in the JS
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import functools
 import importlib.metadata
@@ -30,6 +29,7 @@ from bench.report import Report, Result, format_table
 from bench.scenarios import FULL, SMOKE, Sizes
 from bench.system import CpuMeter, describe_machine
 from processor import config
+from processor.runtime import run_event_loop
 
 SCENARIOS = {
     "throughput": "1. N instances x 10 trivial steps, 1, 2 and 4 worker processes: steps/s",
@@ -308,7 +308,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     log.setLevel(logging.INFO)
     options = parse_arguments(argv)
-    report = asyncio.run(run(options, shlex.join(["python", "-m", "bench", *argv])))
+    report = run_event_loop(run(options, shlex.join(["python", "-m", "bench", *argv])))
     print(format_table(report))
     report.write_json(options.json)
     print(f"\nwrote {options.json}")

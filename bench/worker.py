@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.workflows import WORKFLOWS
 from processor import Worker
+from processor.runtime import run_event_loop
 
 
 async def main(settings: dict[str, Any]) -> None:
@@ -34,4 +35,4 @@ async def main(settings: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(json.loads(sys.argv[1])))
+    run_event_loop(main(json.loads(sys.argv[1])))

@@ -28,6 +28,7 @@ from processor.client import MAX_BATCH, Client
 from processor.console import instances_table, make_console, status_view, usage_table
 from processor.durations import parse_duration
 from processor.errors import InfrastructureError, ProcessorError
+from processor.runtime import run_event_loop
 from processor.store import queries
 from processor.store.database import Database
 from processor.telemetry.logs import configure_logging
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warren: {error}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(args.run(args))
+        run_event_loop(args.run(args))
     except (ProcessorError, ValueError) as error:
         print(f"warren: {error}", file=sys.stderr)
         return 1

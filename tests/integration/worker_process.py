@@ -13,6 +13,7 @@ from typing import Any
 
 from processor import Worker
 from processor.cli import find_workflows
+from processor.runtime import run_event_loop
 from processor.telemetry.tracing import setup_tracing
 
 
@@ -29,7 +30,7 @@ async def main(settings: dict[str, Any], module: str) -> None:
 if __name__ == "__main__":
     tracer_provider = setup_tracing()
     try:
-        asyncio.run(main(json.loads(sys.argv[1]), sys.argv[2]))
+        run_event_loop(main(json.loads(sys.argv[1]), sys.argv[2]))
     finally:
         if tracer_provider is not None:
             tracer_provider.shutdown()
