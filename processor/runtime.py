@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
@@ -29,10 +29,13 @@ from processor.errors import InfrastructureError
 from processor.failpoints import crash_point
 from processor.store import queries
 from processor.store.database import Database
+from processor.store.driver import DriverSession
 from processor.store.tables import InstanceRow, OutboxRow
 
 log = logging.getLogger("warren.runtime")
 T = TypeVar("T")
+#: A transaction's session: the ORM's, or the driver's on the per-step path.
+S = TypeVar("S", AsyncSession, DriverSession)
 
 #: An outbox row older than this was not published by its writer: the relay publishes it.
 RELAY_AFTER = timedelta(seconds=5)
@@ -81,10 +84,10 @@ class Clock:
 
 
 @dataclass
-class Tx:
+class Tx(Generic[S]):
     """One SQL transaction plus the run messages it will publish once committed."""
 
-    session: AsyncSession
+    session: S
     now: datetime
     outbox: list[OutboxRow] = field(default_factory=list)
 
@@ -145,17 +148,29 @@ class Runtime:
         await self.database.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
+    async def transaction(self) -> AsyncIterator[Tx[AsyncSession]]:
         """A transaction whose outbox is published, with confirms, after it commits."""
         async with self.database.transaction() as session:
             tx = Tx(session, self.clock.now())
             yield tx
             crash_point("before_commit")
-        if tx.outbox:
+        await self._publish_committed(tx.outbox)
+
+    @asynccontextmanager
+    async def step_transaction(self) -> AsyncIterator[Tx[DriverSession]]:
+        """`transaction` on the driver itself: the per-step path (see store/driver.py)."""
+        async with self.database.driver_transaction() as session:
+            tx = Tx(session, self.clock.now())
+            yield tx
+            crash_point("before_commit")
+        await self._publish_committed(tx.outbox)
+
+    async def _publish_committed(self, outbox: list[OutboxRow]) -> None:
+        if outbox:
             crash_point("after_commit")
             # Await first: the deleter swaps `_published` for a new list meanwhile, and ids
             # added to the old one would never be deleted (and be relayed again).
-            published = await self.publish_outbox(tx.outbox)
+            published = await self.publish_outbox(outbox)
             crash_point("after_publish")
             self._published.extend(published)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from opentelemetry.trace import Span
 from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from processor.errors import (
     InstanceExistsError,
@@ -39,7 +40,7 @@ def check_instance_id(instance_id: Any) -> str:
 
 
 async def create_instances(
-    tx: Tx,
+    tx: Tx[AsyncSession],
     workflow: str,
     items: list[tuple[str | None, dict[str, Any] | None]],
     headers: Mapping[str, object] | None = None,
@@ -87,7 +88,7 @@ async def create_instances(
 
 
 async def send_event(
-    tx: Tx,
+    tx: Tx[AsyncSession],
     instance_id: str,
     event_type: str,
     payload: Any,
@@ -117,7 +118,7 @@ async def send_event(
 
 
 async def control(
-    tx: Tx,
+    tx: Tx[AsyncSession],
     instance_id: str,
     action: ControlAction,
     headers: Mapping[str, object] | None = None,
@@ -138,7 +139,9 @@ async def control(
         return await _control(tx, instance, action)
 
 
-async def _control(tx: Tx, instance: InstanceRow, action: ControlAction) -> InstanceRow:
+async def _control(
+    tx: Tx[AsyncSession], instance: InstanceRow, action: ControlAction
+) -> InstanceRow:
     instance_id = instance.id
     status = InstanceStatusName(instance.status)
 

@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ValidationError
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from processor.durations import Duration, parse_duration
 from processor.engine.results import encode_result
@@ -41,7 +40,8 @@ from processor.retry import (
     RetryPolicy,
 )
 from processor.step import ReceivedEvent, WorkflowStep
-from processor.store import queries
+from processor.store import driver
+from processor.store.driver import DriverSession
 from processor.store.tables import EventRow, InstanceRow, StepRow
 from processor.telemetry.tracing import WaitKind
 from processor.workflow import Workflow, WorkflowEvent
@@ -158,7 +158,7 @@ class Replay:
 
     def __init__(
         self,
-        session: AsyncSession,
+        session: DriverSession,
         instance: InstanceRow,
         steps: typing.Sequence[StepRow],
         *,
@@ -495,7 +495,7 @@ class Replay:
         try:
             async with self._events_lock:
                 if self._events is None:
-                    self._events = await queries.buffered_events(self.session, self.instance.id)
+                    self._events = await driver.buffered_events(self.session, self.instance.id)
         finally:
             self._busy -= 1
         for event in self._events:

@@ -22,8 +22,9 @@ from processor.engine.attempts import AttemptOutcome, claim, is_current, record_
 from processor.engine.replay import WORKER_STALE, Claimant, PendingAttempt, Replay, ReplayResult
 from processor.failpoints import crash_point
 from processor.runtime import Runtime, Tx
-from processor.store import queries
-from processor.store.tables import InstanceRow, StepRow
+from processor.store import driver
+from processor.store.driver import DriverSession
+from processor.store.tables import InstanceRow
 from processor.telemetry.logs import log_context
 from processor.telemetry.metrics import get_metrics
 from processor.telemetry.tracing import (
@@ -92,8 +93,8 @@ async def _replay_round(
     claimed: list[tuple[str, int, str, int]],
 ) -> ClaimedWork | None:
     with ExitStack() as scope:
-        async with runtime.transaction() as tx:
-            instance = await queries.lock_instance(tx.session, instance_id)
+        async with runtime.step_transaction() as tx:
+            instance = await driver.lock_instance(tx.session, instance_id)
             if instance is None or instance.workflow not in registry:
                 return None
             workflow = instance.workflow
@@ -142,21 +143,23 @@ def _record_ended_waits(instance: InstanceRow, result: ReplayResult) -> None:
 
 
 async def _advance(
-    tx: Tx, instance: InstanceRow, workflow: type[Workflow[Any]], claimant: Claimant
+    tx: Tx[DriverSession], instance: InstanceRow, workflow: type[Workflow[Any]], claimant: Claimant
 ) -> tuple[ReplayResult | None, ClaimedWork | None]:
     """The round's work inside its transaction: replay, then apply what the replay decided.
     Returns the replay's result (None if there was nothing to replay) and the claimed work."""
     instance_id = instance.id
-    instance.run_due_at = None  # this is the round that was owed
     if instance.status in TERMINAL_STATUSES or instance.status == InstanceStatusName.PAUSED:
+        instance.run_due_at = None  # this is the round that was owed
         return None, None  # resume publishes a run message of its own
-    steps = await queries.load_steps(tx.session, instance_id)
+    steps = await driver.load_steps(tx.session, instance_id)
+    # After the query: set before it, it would be written by an UPDATE of its own (autoflush).
+    instance.run_due_at = None  # this is the round that was owed
     # None: every worker counts as alive (see Claimant.trusts_heartbeats).
     live_workers: frozenset[str] | None = None
     if claimant.trusts_heartbeats(tx.now) and any(
         step.status == StepStatusName.RUNNING for step in steps
     ):
-        live_workers = await queries.live_workers(tx.session, tx.now - WORKER_STALE)
+        live_workers = await driver.live_workers(tx.session, tx.now - WORKER_STALE)
     replay = Replay(
         tx.session, instance, steps, now=tx.now, claimant=claimant, live_workers=live_workers
     )
@@ -169,12 +172,12 @@ async def _advance(
     if result.outcome == "complete":
         instance.status = InstanceStatusName.COMPLETE.value
         instance.output = result.output
-        await queries.clear_wakeups(tx.session, instance_id)
+        await driver.clear_wakeups(tx.session, instance_id)
         return result, None
     if result.outcome == "errored":
         instance.status = InstanceStatusName.ERRORED.value
         instance.error = result.error.model_dump(mode="json") if result.error else None
-        await queries.clear_wakeups(tx.session, instance_id)
+        await driver.clear_wakeups(tx.session, instance_id)
         return result, None
     for wake_at in sorted(result.wakeups):
         tx.emit_run(instance, wake_at=wake_at)
@@ -258,8 +261,8 @@ async def _record_outcome(
     worker_id: str,
 ) -> RecordedOutcome | None:
     """Record the attempt's outcome; None if it was fenced off and recorded nothing."""
-    async with runtime.transaction() as tx:
-        instance = await queries.lock_instance(tx.session, work.instance_id)
+    async with runtime.step_transaction() as tx:
+        instance = await driver.lock_instance(tx.session, work.instance_id)
         if instance is None:
             return None
         # The compute was spent whether or not the result still counts.
@@ -267,7 +270,7 @@ async def _record_outcome(
         instance.cpu_ms += outcome.cpu_s * 1000
         if instance.generation != work.generation or instance.status in TERMINAL_STATUSES:
             return None  # terminated or restarted meanwhile: this attempt's result is void
-        row = await tx.session.get(StepRow, (work.instance_id, pending.step.key))
+        row = await driver.get_step(tx.session, work.instance_id, pending.step.key)
         if row is None or not is_current(row, pending, worker_id):
             return None  # a newer attempt took over (this one was presumed lost)
         retry_at = record_outcome(row, pending, outcome, tx.now)
@@ -276,7 +279,7 @@ async def _record_outcome(
             tx.emit_run(instance)  # the step is done: the next round goes on from it
             return RecordedOutcome("completed" if outcome.error is None else "failed")
         tx.emit_run(instance, wake_at=retry_at)
-        if await queries.count_running_steps(tx.session, work.instance_id) == 0:
+        if await driver.count_running_steps(tx.session, work.instance_id) == 0:
             # Nothing runs during the back-off: a pause asked for meanwhile takes effect now.
             if instance.pause_requested:
                 instance.pause_requested = False

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from tenacity import (
 
 from processor.errors import DatabaseNotMigratedError
 from processor.store import migrations
+from processor.store.driver import DriverSession, driver_transaction
 
 T = TypeVar("T")
 log = logging.getLogger("warren.database")
@@ -164,6 +165,10 @@ class Database:
         """
         async with AsyncSession(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
+
+    def driver_transaction(self) -> AbstractAsyncContextManager[DriverSession]:
+        """A transaction on the driver itself, for the per-step path (see store/driver.py)."""
+        return driver_transaction(self.engine)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

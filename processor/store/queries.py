@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from processor.store.driver import DriverSession
 from processor.store.tables import (
     EventRow,
     InstanceRow,
@@ -67,15 +68,6 @@ async def load_steps(session: AsyncSession, instance_id: str) -> Sequence[StepRo
     return (await session.exec(query)).all()
 
 
-async def count_running_steps(session: AsyncSession, instance_id: str) -> int:
-    query = (
-        select(sa.func.count())
-        .select_from(StepRow)
-        .where(StepRow.instance_id == instance_id, StepRow.status == "running")
-    )
-    return (await session.exec(query)).one()
-
-
 async def clear_wakeups(session: AsyncSession, instance_id: str) -> None:
     """A finished instance has no timers left: the sweeper must not wake it."""
     await session.exec(
@@ -104,7 +96,10 @@ async def buffered_events(session: AsyncSession, instance_id: str) -> list[Event
 
 
 def add_run_message(
-    session: AsyncSession, instance: InstanceRow, now: datetime, wake_at: datetime | None = None
+    session: AsyncSession | DriverSession,
+    instance: InstanceRow,
+    now: datetime,
+    wake_at: datetime | None = None,
 ) -> OutboxRow:
     """Record a run message for the instance in the outbox of the current transaction."""
     body = RunInstance(instance_id=instance.id, wake_at=wake_at).model_dump_json(exclude_none=True)
@@ -220,12 +215,6 @@ async def beat(session: AsyncSession, worker_id: str, now: datetime) -> None:
 
 async def forget_worker(session: AsyncSession, worker_id: str) -> None:
     await session.exec(sa.delete(WorkerRow).where(col(WorkerRow.id) == worker_id))
-
-
-async def live_workers(session: AsyncSession, since: datetime) -> frozenset[str]:
-    """Ids of the workers whose last heartbeat is no older than `since`."""
-    query = select(WorkerRow.id).where(col(WorkerRow.heartbeat_at) >= since)
-    return frozenset((await session.exec(query)).all())
 
 
 async def orphaned_steps(

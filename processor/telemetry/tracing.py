@@ -114,17 +114,8 @@ def trace_sql(engine: sa.Engine, tracer: Tracer | None = None) -> None:
         context: sa.engine.ExecutionContext | None,
         executemany: bool,
     ) -> None:
-        # Only inside a span (a round, a step, a create): the sweepers' and heartbeats'
-        # statements would each start a trace of their own, every second.
-        if context is None or not trace.get_current_span().get_span_context().is_valid:
-            return
-        operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
-        span = (tracer or _tracer).start_span(
-            f"{operation} {system}",
-            kind=SpanKind.CLIENT,
-            attributes={"db.system": system, "db.statement": statement[:_MAX_STATEMENT]},
-        )
-        context._warren_span = span  # type: ignore[attr-defined]
+        if context is not None:
+            context._warren_span = start_sql_span(system, statement, tracer)  # type: ignore[attr-defined]
 
     def after(
         conn: sa.Connection,
@@ -152,6 +143,38 @@ def trace_sql(engine: sa.Engine, tracer: Tracer | None = None) -> None:
 
 #: Statements are cut to this many characters in `db.statement` (parameters are never sent).
 _MAX_STATEMENT = 2000
+
+
+def start_sql_span(system: str, statement: str, tracer: Tracer | None = None) -> Span | None:
+    """A client span for one statement, nested under the current span; None outside one (the
+    sweepers' and heartbeats' statements would each start a trace of their own, every
+    second)."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
+    return (tracer or _tracer).start_span(
+        f"{operation} {system}",
+        kind=SpanKind.CLIENT,
+        attributes={"db.system": system, "db.statement": statement[:_MAX_STATEMENT]},
+    )
+
+
+@contextmanager
+def sql_span(system: str, statement: str) -> Iterator[None]:
+    """`start_sql_span` around a block: the per-step path's statements, which SQLAlchemy's
+    events do not see (store/driver.py)."""
+    span = start_sql_span(system, statement)
+    if span is None:
+        yield
+        return
+    try:
+        yield
+    except Exception as error:
+        span.record_exception(error)
+        span.set_status(StatusCode.ERROR, str(error)[:200])
+        raise
+    finally:
+        span.end()
 
 
 def _exporter_names() -> list[str]:

@@ -1,0 +1,400 @@
+"""The per-step path's SQL on the database driver itself (asyncpg, or aiosqlite), and its queries.
+
+Every step costs two transactions: the round that replays the instance and claims the step,
+and the record of its outcome. Through the ORM those cost the worker about seven times the CPU
+of the same statements on the driver (`python -m bench.sql_path`), and on a small machine that
+CPU is the engine's throughput. So these two transactions run here, on a connection borrowed
+from SQLAlchemy's pool, and everything else (commands, sweeps, the client) keeps the ORM.
+
+What stays the same: the statements are SQLAlchemy Core, compiled once per dialect, and every
+value goes through its column's own SQLAlchemy type processors, so rows written here read back
+the same through the ORM and the other way round. `DriverSession` keeps the part of the ORM's
+behaviour the engine relies on: rows come back as table-model objects, `add` queues new rows,
+and changed or added rows are written before each statement (autoflush) and at commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
+from sqlalchemy.util import greenlet_spawn
+from sqlmodel import SQLModel, col, select
+
+from processor.store.tables import EventRow, InstanceRow, StepRow, WorkerRow
+from processor.telemetry.tracing import is_tracing, sql_span
+
+M = TypeVar("M", bound=SQLModel)
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A statement compiled for one dialect: its SQL, its parameters in order with their
+    type processors and fixed values, and its result columns with theirs."""
+
+    sql: str
+    names: tuple[str, ...]
+    binds: tuple[Processor, ...]
+    fixed: dict[str, Any]
+    columns: tuple[str, ...]
+    results: tuple[Processor, ...]
+
+    @classmethod
+    def of(cls, statement: ClauseElement, dialect: sa.Dialect) -> _Compiled:
+        # Rows are loaded only by compiled statements: mappers configured here are configured
+        # before the first row is built (DriverSession.rows).
+        sa.orm.configure_mappers()
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        names = tuple(compiled.positiontup or ())
+        parameters = [compiled.binds[name] for name in names]
+        exported = getattr(statement, "exported_columns", ())
+        return cls(
+            sql=compiled.string,
+            names=names,
+            binds=tuple(p.type.dialect_impl(dialect).bind_processor(dialect) for p in parameters),
+            fixed={n: p.value for n, p in zip(names, parameters, strict=True) if not p.required},
+            columns=tuple(column.key for column in exported),
+            results=tuple(_result_processor(column.type, dialect) for column in exported),
+        )
+
+    def arguments(self, params: dict[str, Any]) -> list[Any]:
+        values = []
+        for name, process in zip(self.names, self.binds, strict=True):
+            value = params[name] if name in params else self.fixed[name]
+            values.append(value if process is None else process(value))
+        return values
+
+    def row(self, raw: Sequence[Any]) -> dict[str, Any]:
+        return {
+            name: value if process is None else process(value)
+            for name, process, value in zip(self.columns, self.results, raw, strict=True)
+        }
+
+
+def _result_processor(column_type: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Processor:
+    impl = column_type.dialect_impl(dialect)
+    if isinstance(impl, sa.Float) and dialect.name == "postgresql":
+        # asyncpg returns float columns as floats; SQLAlchemy's processor would want the
+        # column's type OID from a cursor description to tell.
+        return None
+    processor: Processor = impl.result_processor(dialect, None)
+    return processor
+
+
+class _Postgres:
+    """asyncpg: one transaction at a time on one connection."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self._transaction: Any = None
+
+    async def begin(self) -> None:
+        self._transaction = self.connection.transaction()
+        await self._transaction.start()
+
+    async def commit(self) -> None:
+        await self._transaction.commit()
+
+    async def fetch(self, sql: str, arguments: list[Any]) -> list[Sequence[Any]]:
+        rows: list[Sequence[Any]] = await self.connection.fetch(sql, *arguments)
+        return rows
+
+    async def execute(self, sql: str, arguments: list[Any]) -> int:
+        status: str = await self.connection.execute(sql, *arguments)
+        return int(status.rsplit(" ", 1)[-1])  # e.g. "UPDATE 1"
+
+
+class _Sqlite:
+    """aiosqlite in autocommit mode (database.py): BEGIN IMMEDIATE takes the write lock at
+    once, as the ORM's transactions do, so two writers never deadlock upgrading a read lock."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    async def begin(self) -> None:
+        await self.connection.execute("BEGIN IMMEDIATE")
+
+    async def commit(self) -> None:
+        await self.connection.execute("COMMIT")
+
+    async def fetch(self, sql: str, arguments: list[Any]) -> list[Sequence[Any]]:
+        cursor = await self.connection.execute(sql, arguments)
+        rows: list[Sequence[Any]] = await cursor.fetchall()
+        return rows
+
+    async def execute(self, sql: str, arguments: list[Any]) -> int:
+        cursor = await self.connection.execute(sql, arguments)
+        count: int = cursor.rowcount
+        return count
+
+
+class DriverSession:
+    """One transaction on the driver connection (see the module's docstring)."""
+
+    def __init__(self, driver: _Postgres | _Sqlite, dialect: sa.Dialect) -> None:
+        self._driver = driver
+        self._dialect = dialect
+        #: SQL spans, as `tracing.trace_sql` gives the ORM's statements.
+        self._traced = is_tracing()
+        self._compiled: dict[Any, _Compiled] = _CACHE.setdefault(dialect.name, {})
+        #: Loaded rows and their column values as last written.
+        self._loaded: list[tuple[SQLModel, dict[str, Any]]] = []
+        self._added: list[SQLModel] = []
+
+    def add(self, row: SQLModel) -> None:
+        """Insert `row` at the next flush (its autoincrement key is filled in then)."""
+        self._added.append(row)
+
+    async def rows(self, model: type[M], statement: ClauseElement, **params: Any) -> list[M]:
+        """The rows of `statement` (a select of `model`'s table) as `model` objects; changes
+        made to them are written at the next flush."""
+        found = []
+        new_instance = sa.inspect(model).class_manager.new_instance
+        for values in await self._fetch(statement, params):
+            # As the ORM loads a row: a new instance without __init__ (which would validate
+            # and set each field through the instrumentation), its state dict filled in.
+            row = new_instance()
+            row.__dict__.update(values)
+            self._loaded.append((row, values))
+            found.append(row)
+        return found
+
+    async def first(self, model: type[M], statement: ClauseElement, **params: Any) -> M | None:
+        found = await self.rows(model, statement, **params)
+        return found[0] if found else None
+
+    async def values(self, statement: ClauseElement, **params: Any) -> list[Any]:
+        """The first column of each row of `statement`: plain values, not tracked."""
+        return [next(iter(values.values())) for values in await self._fetch(statement, params)]
+
+    async def execute(self, statement: ClauseElement, **params: Any) -> int:
+        """Run an UPDATE or DELETE; returns how many rows it changed."""
+        await self.flush()
+        compiled = self._compile(statement, statement)
+        return await self._command(compiled, compiled.arguments(params))
+
+    async def flush(self) -> None:
+        """Write the added rows and the changed columns of the loaded ones."""
+        added, self._added = self._added, []
+        for row in added:
+            await self._insert(row)
+        for row, written in self._loaded:
+            changed = {
+                name: value
+                for name, value in ((name, getattr(row, name)) for name in written)
+                if value != written[name]
+            }
+            if changed:
+                await self._update(row, changed)
+                written.update(changed)
+
+    async def _fetch(
+        self, statement: ClauseElement, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        await self.flush()
+        compiled = self._compile(statement, statement)
+        raw = await self._query(compiled, compiled.arguments(params))
+        return [compiled.row(values) for values in raw]
+
+    async def _insert(self, row: SQLModel) -> None:
+        table = _table(row)
+        values = {column.key: getattr(row, column.key) for column in table.columns}
+        generated = [column for column in table.primary_key.columns if values[column.key] is None]
+        for column in generated:
+            del values[column.key]
+        key = ("insert", table.name, tuple(values), tuple(c.key for c in generated))
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            statement = sa.insert(table).values(
+                {name: sa.bindparam(f"set_{name}") for name in values}
+            )
+            if generated:
+                statement = statement.returning(*generated)
+            compiled = self._compile(key, statement)
+        arguments = compiled.arguments({f"set_{name}": value for name, value in values.items()})
+        if generated:
+            (returned,) = await self._query(compiled, arguments)
+            for name, value in compiled.row(returned).items():
+                setattr(row, name, value)
+        else:
+            await self._command(compiled, arguments)
+        self._loaded.append((row, {**values, **{c.key: getattr(row, c.key) for c in generated}}))
+
+    async def _update(self, row: SQLModel, changed: dict[str, Any]) -> None:
+        table = _table(row)
+        keys = {f"key_{column.key}": getattr(row, column.key) for column in table.primary_key}
+        key = ("update", table.name, tuple(changed))
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            statement = (
+                sa.update(table)
+                .where(*(c == sa.bindparam(f"key_{c.key}") for c in table.primary_key))
+                .values({name: sa.bindparam(f"set_{name}") for name in changed})
+            )
+            compiled = self._compile(key, statement)
+        values = {f"set_{name}": value for name, value in changed.items()}
+        await self._command(compiled, compiled.arguments({**values, **keys}))
+
+    async def _query(self, compiled: _Compiled, arguments: list[Any]) -> list[Sequence[Any]]:
+        if not self._traced:
+            return await self._driver.fetch(compiled.sql, arguments)
+        with sql_span(self._dialect.name, compiled.sql):
+            return await self._driver.fetch(compiled.sql, arguments)
+
+    async def _command(self, compiled: _Compiled, arguments: list[Any]) -> int:
+        if not self._traced:
+            return await self._driver.execute(compiled.sql, arguments)
+        with sql_span(self._dialect.name, compiled.sql):
+            return await self._driver.execute(compiled.sql, arguments)
+
+    def _compile(self, key: Any, statement: ClauseElement) -> _Compiled:
+        """Compiled once per process and dialect: a module-level statement is its own key; a
+        flush's INSERT or UPDATE is keyed by its table and columns."""
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = _Compiled.of(statement, self._dialect)
+        return compiled
+
+
+#: Compiled statements by dialect name, shared by every session of the process.
+_CACHE: dict[str, dict[Any, _Compiled]] = {}
+
+
+def _table(row: SQLModel) -> sa.Table:
+    table: sa.Table = sa.inspect(type(row)).local_table
+    return table
+
+
+def _is_disconnect(error: BaseException) -> bool:
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    if sqlstate.startswith(("08", "57P")):
+        return True
+    # asyncpg's client-side errors (InterfaceError and its kin: a closed connection, one
+    # broken mid-operation) and socket errors all leave the connection unusable.
+    return isinstance(error, OSError) or type(error).__name__.endswith("InterfaceError")
+
+
+@asynccontextmanager
+async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[DriverSession]:
+    """A `DriverSession` in one transaction on a pooled connection: committed on exit,
+    rolled back on an exception.
+
+    Driver errors come out wrapped as SQLAlchemy's (DBAPIError, OperationalError for SQLite's
+    busy lock), so `database.is_transient` judges them as it judges the ORM's. A connection
+    whose transaction failed is discarded rather than pooled: it may be broken or mid-query.
+    """
+    # A pooled DBAPI connection, not an AsyncConnection: the latter costs more CPU to check
+    # out than some of the transactions it would carry.
+    pooled = await engine.raw_connection()
+    try:
+        raw = pooled.driver_connection
+        driver: _Postgres | _Sqlite = (
+            _Sqlite(raw) if engine.dialect.name == "sqlite" else _Postgres(raw)
+        )
+        session = DriverSession(driver, engine.dialect)
+        try:
+            await driver.begin()
+            yield session
+            await session.flush()
+            await driver.commit()
+        except BaseException as error:
+            await greenlet_spawn(pooled.invalidate)
+            if isinstance(error, Exception) and not isinstance(error, sa.exc.SQLAlchemyError):
+                raise _wrapped(error) from error
+            raise
+    finally:
+        await greenlet_spawn(pooled.close)  # back to the pool (or discarded, if invalidated)
+
+
+def _wrapped(error: Exception) -> Exception:
+    """Driver errors as SQLAlchemy's; anything else (the caller's own errors) unchanged."""
+    driver_error = isinstance(error, sqlite3.Error) or type(error).__module__.startswith("asyncpg")
+    if not driver_error and not isinstance(error, OSError):
+        return error
+    wrapped = DBAPIError.instance(
+        None, None, error, Exception, connection_invalidated=_is_disconnect(error)
+    )
+    return wrapped if isinstance(wrapped, Exception) else error
+
+
+# The per-step path's queries; their ORM twins in queries.py serve everyone else. Bind
+# parameters are named `the_*`: SQLAlchemy reserves a column's own name for its SET value.
+
+_LOCK_INSTANCE = (
+    select(InstanceRow).where(col(InstanceRow.id) == sa.bindparam("the_instance")).with_for_update()
+)
+_LOAD_STEPS = (
+    select(StepRow)
+    .where(col(StepRow.instance_id) == sa.bindparam("the_instance"))
+    .order_by(col(StepRow.seq))
+)
+_GET_STEP = select(StepRow).where(
+    col(StepRow.instance_id) == sa.bindparam("the_instance"),
+    col(StepRow.key) == sa.bindparam("the_key"),
+)
+_LIVE_WORKERS = select(WorkerRow.id).where(col(WorkerRow.heartbeat_at) >= sa.bindparam("the_time"))
+_COUNT_RUNNING = (
+    select(sa.func.count())
+    .select_from(StepRow)
+    .where(
+        col(StepRow.instance_id) == sa.bindparam("the_instance"), col(StepRow.status) == "running"
+    )
+)
+_CLEAR_WAKEUPS = (
+    sa.update(StepRow)
+    .where(col(StepRow.instance_id) == sa.bindparam("the_instance"))
+    .values(wake_at=None)
+)
+_BUFFERED_EVENTS = (
+    select(EventRow)
+    .where(
+        col(EventRow.instance_id) == sa.bindparam("the_instance"),
+        col(EventRow.consumed_by).is_(None),
+    )
+    .order_by(col(EventRow.id))
+)
+
+
+async def lock_instance(session: DriverSession, instance_id: str) -> InstanceRow | None:
+    """The instance row, locked until the transaction ends (SQLite: the whole database is)."""
+    return await session.first(InstanceRow, _LOCK_INSTANCE, the_instance=instance_id)
+
+
+async def load_steps(session: DriverSession, instance_id: str) -> list[StepRow]:
+    """All recorded steps of an instance: one query per replay."""
+    return await session.rows(StepRow, _LOAD_STEPS, the_instance=instance_id)
+
+
+async def get_step(session: DriverSession, instance_id: str, key: str) -> StepRow | None:
+    return await session.first(StepRow, _GET_STEP, the_instance=instance_id, the_key=key)
+
+
+async def live_workers(session: DriverSession, since: datetime) -> frozenset[str]:
+    """Ids of the workers whose last heartbeat is no older than `since`."""
+    return frozenset(await session.values(_LIVE_WORKERS, the_time=since))
+
+
+async def count_running_steps(session: DriverSession, instance_id: str) -> int:
+    (count,) = await session.values(_COUNT_RUNNING, the_instance=instance_id)
+    return int(count)
+
+
+async def clear_wakeups(session: DriverSession, instance_id: str) -> None:
+    """A finished instance has no timers left: the sweeper must not wake it."""
+    await session.execute(_CLEAR_WAKEUPS, the_instance=instance_id)
+
+
+async def buffered_events(session: DriverSession, instance_id: str) -> list[EventRow]:
+    """Events not yet taken by a wait, oldest first."""
+    return await session.rows(EventRow, _BUFFERED_EVENTS, the_instance=instance_id)

@@ -1,0 +1,155 @@
+"""The per-step path's driver session (store/driver.py) against real SQLite and PostgreSQL:
+what it writes reads back the same through the ORM and the other way round, it flushes before
+each statement as the ORM does, and a failed transaction writes nothing and leaves the pool
+usable."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.exc import DBAPIError
+
+from processor.store import driver
+from processor.store.database import Database, is_transient
+from processor.store.tables import InstanceRow, OutboxRow, StepRow
+from tests.conftest import Backend
+
+MOMENT = datetime(2026, 11, 27, 23, 59, 58, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+async def database(backend: Backend) -> AsyncIterator[Database]:
+    database = Database(backend.database_url, schema=backend.schema)
+    yield database
+    await database.close()
+
+
+async def add_instance(database: Database) -> None:
+    async with database.transaction() as session:
+        session.add(
+            InstanceRow(
+                id="i1",
+                workflow="w",
+                status="running",
+                params={"nested": [1, "two", None], "flag": True},
+                created_at=MOMENT,
+                updated_at=MOMENT,
+                compute_ms=1.5,
+            )
+        )
+        session.add(
+            StepRow(instance_id="i1", key="a", seq=0, name="a", kind="do", status="complete")
+        )
+
+
+async def test_rows_written_by_the_orm_read_back_the_same_on_the_driver(
+    database: Database,
+) -> None:
+    await add_instance(database)
+    async with database.driver_transaction() as session:
+        instance = await driver.lock_instance(session, "i1")
+        steps = await driver.load_steps(session, "i1")
+    assert instance is not None
+    assert instance.params == {"nested": [1, "two", None], "flag": True}
+    assert instance.created_at == MOMENT
+    assert instance.created_at.tzinfo is not None
+    assert instance.pause_requested is False
+    assert instance.compute_ms == 1.5
+    assert instance.output is None
+    assert instance.run_due_at is None
+    assert [(step.key, step.status) for step in steps] == [("a", "complete")]
+
+
+async def test_changes_and_new_rows_on_the_driver_read_back_the_same_through_the_orm(
+    database: Database,
+) -> None:
+    await add_instance(database)
+    later = MOMENT + timedelta(seconds=90)
+    async with database.driver_transaction() as session:
+        instance = await driver.lock_instance(session, "i1")
+        assert instance is not None
+        instance.output = {"total": 3, "items": ["x"]}
+        instance.pause_requested = True
+        instance.run_due_at = later
+        instance.compute_ms += 2.25
+        session.add(
+            StepRow(instance_id="i1", key="b", seq=1, name="b", kind="sleep", status="running")
+        )
+        outbox = OutboxRow(message_id="m1", workflow="w", body="{}", created_at=later)
+        session.add(outbox)
+        await session.flush()
+        assert outbox.id is not None  # the database's key, as the outbox relay needs
+    async with database.read() as orm:
+        stored = await orm.get(InstanceRow, "i1")
+        step = await orm.get(StepRow, ("i1", "b"))
+        stored_outbox = await orm.get(OutboxRow, outbox.id)
+    assert stored is not None
+    assert step is not None
+    assert stored_outbox is not None
+    assert stored.output == {"total": 3, "items": ["x"]}
+    assert stored.pause_requested is True
+    assert stored.run_due_at == later
+    assert stored.compute_ms == 3.75
+    assert (step.kind, step.status, step.seq) == ("sleep", "running", 1)
+    assert stored_outbox.message_id == "m1"
+    assert stored_outbox.created_at == later
+
+
+async def test_a_changed_row_is_written_before_the_next_statement(database: Database) -> None:
+    await add_instance(database)
+    async with database.driver_transaction() as session:
+        (step,) = await driver.load_steps(session, "i1")
+        step.wake_at = MOMENT
+        # The bulk UPDATE must come after the change, as the ORM's autoflush orders them.
+        await driver.clear_wakeups(session, "i1")
+    async with database.read() as orm:
+        stored = await orm.get(StepRow, ("i1", "a"))
+    assert stored is not None
+    assert stored.wake_at is None
+
+
+async def complete_and_add_a_duplicate_step(database: Database) -> None:
+    async with database.driver_transaction() as session:
+        instance = await driver.lock_instance(session, "i1")
+        assert instance is not None
+        instance.status = "complete"
+        # The same primary key twice: the driver's integrity error, wrapped.
+        session.add(
+            StepRow(instance_id="i1", key="a", seq=5, name="a", kind="do", status="running")
+        )
+
+
+async def test_a_failed_transaction_writes_nothing_and_the_pool_still_works(
+    database: Database,
+) -> None:
+    await add_instance(database)
+    with pytest.raises(DBAPIError) as raised:
+        await complete_and_add_a_duplicate_step(database)
+    assert not is_transient(raised.value)  # retrying cannot help
+    async with database.driver_transaction() as session:
+        instance = await driver.lock_instance(session, "i1")
+    assert instance is not None
+    assert instance.status == "running"
+
+
+async def error_after_a_flush(database: Database) -> None:
+    async with database.driver_transaction() as session:
+        instance = await driver.lock_instance(session, "i1")
+        assert instance is not None
+        instance.status = "errored"
+        await session.flush()
+        raise LookupError("not a database error")
+
+
+async def test_an_error_of_the_callers_own_passes_through_and_rolls_back(
+    database: Database,
+) -> None:
+    await add_instance(database)
+    with pytest.raises(LookupError):
+        await error_after_a_flush(database)
+    async with database.read() as orm:
+        stored = await orm.get(InstanceRow, "i1")
+    assert stored is not None
+    assert stored.status == "running"
