@@ -5,8 +5,6 @@ and good messages keep flowing."""
 from __future__ import annotations
 
 import asyncio
-import json
-import pickle
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +14,7 @@ import pytest
 from processor import EventTimeoutError, Workflow, WorkflowEvent, WorkflowStep
 from tests.conftest import TestEnv, assert_eventually
 from tests.integration.helpers import Wire, created, error_reason, open_wire
+from tests.integration.poison import POISON
 
 #: Step side effects, by (instance id, step name).
 CALLS: Counter[tuple[str, str]] = Counter()
@@ -260,77 +259,6 @@ async def test_a_restart_message_runs_a_complete_instance_again(env: TestEnv, wi
 
 
 # --- poison messages ---------------------------------------------------------------------
-
-NESTED = ("[" * 100_000 + "]" * 100_000).encode()
-OVERSIZED = json.dumps({"workflow": "wire-echo", "params": {"pad": "x" * (1024 * 1024)}}).encode()
-
-#: message id -> (routing key, body, content type, words the dead-letter reason must contain)
-POISON: dict[str, tuple[str, bytes, str, list[str]]] = {
-    "invalid-json": ("instance.create", b'{"workflow": ', "application/json", ["not JSON"]),
-    "wrong-schema": (
-        "instance.create",
-        json.dumps({"workflow": "wire-echo", "colour": "blue"}).encode(),
-        "application/json",
-        ["CreateInstance", "colour"],
-    ),
-    "missing-field": (
-        "instance.create",
-        json.dumps({"params": {}}).encode(),
-        "application/json",
-        ["CreateInstance", "workflow"],
-    ),
-    "unknown-workflow": (
-        "instance.create",
-        json.dumps({"workflow": "no-such-workflow"}).encode(),
-        "application/json",
-        ["not registered", "no-such-workflow"],
-    ),
-    "not-utf8": ("instance.create", b'{"workflow": "\xff\xfe"}', "application/json", ["UTF-8"]),
-    "pickle-content-type": (
-        "instance.create",
-        pickle.dumps({"workflow": "wire-echo"}),
-        "application/x-python-pickle",
-        ["content type", "application/x-python-pickle"],
-    ),
-    "pickle-body": (
-        "instance.create",
-        pickle.dumps({"workflow": "wire-echo"}),
-        "application/json",
-        ["UTF-8"],
-    ),
-    "ascii-pickle-body": (
-        "instance.create",
-        pickle.dumps({"workflow": "wire-echo"}, protocol=0),
-        "application/json",
-        ["not JSON"],
-    ),
-    "nested": ("instance.create", NESTED, "application/json", ["nested"]),
-    "nan": (
-        "instance.create",
-        b'{"workflow": "wire-echo", "params": {"x": NaN}}',
-        "application/json",
-        ["not JSON", "NaN"],
-    ),
-    "oversized": ("instance.create", OVERSIZED, "application/json", ["1048576"]),
-    "unknown-route": (
-        "instance.frobnicate",
-        json.dumps({"workflow": "wire-echo"}).encode(),
-        "application/json",
-        ["routing key", "instance.frobnicate"],
-    ),
-    "event-for-nobody": (
-        "instance.event",
-        json.dumps({"instance_id": "nobody", "type": "ping"}).encode(),
-        "application/json",
-        ["nobody"],
-    ),
-    "unknown-action": (
-        "instance.control",
-        json.dumps({"instance_id": "poison-target", "action": "frobnicate"}).encode(),
-        "application/json",
-        ["ControlInstance", "action"],
-    ),
-}
 
 
 async def test_poison_messages_are_dead_lettered_with_a_reason_and_good_ones_still_flow(
