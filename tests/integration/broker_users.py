@@ -56,7 +56,8 @@ def broker_users() -> Iterator[BrokerUsers]:
         "publisher": (none, publisher_write_permission(namespace), none),
     }
     users = {role: f"warren-test-{role}-{suffix}" for role in permissions}
-    passwords = {role: secrets.token_urlsafe(16) for role in permissions}
+    # Hex: a URL-safe token may start with "-", which rabbitmqctl reads as an option.
+    passwords = {role: secrets.token_hex(16) for role in permissions}
     broker = urlparse(BROKER_URL)
     address = f"{broker.hostname}:{broker.port or 5672}"
     urls = {
