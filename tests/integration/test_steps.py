@@ -729,7 +729,8 @@ async def test_a_sleeping_instance_waits_then_completes_after_the_due_time(env: 
 
 async def test_sleep_until_waits_for_an_aware_datetime(env: TestEnv) -> None:
     await env.start_worker(NapUntil)
-    due = datetime.now(UTC) + timedelta(seconds=0.5)
+    # Long enough for the poll below to see the sleep on a machine busy with parallel tests.
+    due = datetime.now(UTC) + timedelta(seconds=3)
     instance = await env.client.create(NapUntil, Until(at=due))
 
     status = await eventually_status(
