@@ -353,7 +353,7 @@ class Nap(Workflow[dict[str, Any]]):
     name = "steps-nap"
 
     async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
-        await step.sleep("nap", 0.5)
+        await step.sleep("nap", 3)  # long enough for a poll to see it under parallel load
         return "rested"
 
 
