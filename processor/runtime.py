@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -147,19 +147,17 @@ class Runtime:
             self.connection = None
         await self.database.close()
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx[AsyncSession]]:
+    def transaction(self) -> AbstractAsyncContextManager[Tx[AsyncSession]]:
         """A transaction whose outbox is published, with confirms, after it commits."""
-        async with self.database.transaction() as session:
-            tx = Tx(session, self.clock.now())
-            yield tx
-            crash_point("before_commit")
-        await self._publish_committed(tx.outbox)
+        return self._transaction(self.database.transaction())
+
+    def step_transaction(self) -> AbstractAsyncContextManager[Tx[DriverSession]]:
+        """`transaction` on the driver itself: the per-step path (see store/driver.py)."""
+        return self._transaction(self.database.driver_transaction())
 
     @asynccontextmanager
-    async def step_transaction(self) -> AsyncIterator[Tx[DriverSession]]:
-        """`transaction` on the driver itself: the per-step path (see store/driver.py)."""
-        async with self.database.driver_transaction() as session:
+    async def _transaction(self, opened: AbstractAsyncContextManager[S]) -> AsyncIterator[Tx[S]]:
+        async with opened as session:
             tx = Tx(session, self.clock.now())
             yield tx
             crash_point("before_commit")
