@@ -66,13 +66,28 @@ class Backend:
     schema: str | None
 
 
+@pytest.fixture
+def broker_url() -> str:
+    """The broker the test's workers and client use; a module whose tests restart the broker
+    overrides it with a node of its own (tests/reliability/services.py)."""
+    return BROKER_URL
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The PostgreSQL the `postgres` backend uses; overridable like `broker_url`."""
+    return POSTGRES_URL
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
+) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
         backend = Backend("sqlite", f"sqlite+aiosqlite:///{tmp_path}/warren.db", None)
     else:
-        require(POSTGRES_URL, 5432, "PostgreSQL")
-        backend = Backend("postgres", POSTGRES_URL, f"t_{uuid.uuid4().hex[:12]}")
+        require(postgres_url, 5432, "PostgreSQL")
+        backend = Backend("postgres", postgres_url, f"t_{uuid.uuid4().hex[:12]}")
     database = Database(backend.database_url, schema=backend.schema)
     await database.upgrade()
     await database.close()
@@ -90,13 +105,14 @@ class TestEnv:
 
     backend: Backend
     namespace: str
+    broker_url: str = BROKER_URL
     workers: list[Worker] = field(default_factory=list)
     _client: Client | None = None
     _workflows: set[str] = field(default_factory=set)
 
     def settings(self) -> dict[str, Any]:
         return {
-            "broker_url": BROKER_URL,
+            "broker_url": self.broker_url,
             "database_url": self.backend.database_url,
             "namespace": self.namespace,
             "database_schema": self.backend.schema,
@@ -129,12 +145,12 @@ class TestEnv:
             await worker.stop()
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
-        await delete_namespace(self.namespace, sorted(self._workflows))
+        await delete_namespace(self.namespace, sorted(self._workflows), self.broker_url)
 
 
-async def delete_namespace(namespace: str, workflows: list[str]) -> None:
+async def delete_namespace(namespace: str, workflows: list[str], url: str = BROKER_URL) -> None:
     topology = Topology(namespace)
-    connection = await aio_pika.connect(BROKER_URL)
+    connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
         for name in topology.queue_names(workflows):
@@ -144,9 +160,9 @@ async def delete_namespace(namespace: str, workflows: list[str]) -> None:
 
 
 @pytest.fixture
-async def env(backend: Backend) -> AsyncIterator[TestEnv]:
-    require(BROKER_URL, 5672, "RabbitMQ")
-    test_env = TestEnv(backend, f"t{uuid.uuid4().hex[:12]}")
+async def env(backend: Backend, broker_url: str) -> AsyncIterator[TestEnv]:
+    require(broker_url, 5672, "RabbitMQ")
+    test_env = TestEnv(backend, f"t{uuid.uuid4().hex[:12]}", broker_url)
     try:
         await test_env.open_client()
         yield test_env

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
+import pluggy
 import pytest
 
 from tests.conftest import TestEnv
@@ -23,8 +24,31 @@ async def fleet(env: TestEnv, tmp_path: Path) -> AsyncIterator[Fleet]:
         await workers.close()
 
 
+#: The table's rows, gathered from the test reports: under pytest-xdist the scenarios run in
+#: worker processes, and only their test reports reach the process that prints the summary.
+ROWS: list[tuple[str, ...]] = []
+ROW_PROPERTY = "reliability row"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport() -> Generator[None, pluggy.Result[pytest.TestReport], None]:
+    """Move the rows the test's scenario added to REPORTS onto its test report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        for r in REPORTS:
+            row = (r.scenario, r.instances, r.faults, r.lost, r.double_applied)
+            row += (r.extra_executions, r.unexplained, r.dead_lettered)
+            report.user_properties.append((ROW_PROPERTY, tuple(str(cell) for cell in row)))
+        REPORTS.clear()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    ROWS.extend(tuple(value) for name, value in report.user_properties if name == ROW_PROPERTY)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not REPORTS:
+    if not ROWS:
         return
     header = (
         "scenario",
@@ -36,19 +60,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         "unexplained",
         "dead-lettered",
     )
-    rows = [header] + [
-        (
-            r.scenario,
-            str(r.instances),
-            str(r.faults),
-            str(r.lost),
-            str(r.double_applied),
-            str(r.extra_executions),
-            str(r.unexplained),
-            str(r.dead_lettered),
-        )
-        for r in REPORTS
-    ]
+    rows = [header, *ROWS]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     terminalreporter.section("reliability")
     for index, row in enumerate(rows):

@@ -1,12 +1,50 @@
-"""Restart the real RabbitMQ and PostgreSQL under a test, and always leave them running."""
+"""A RabbitMQ node and a PostgreSQL cluster of a test's own, to restart, kill and reconfigure.
+
+The outage scenarios used to restart the machine's shared services, so they had to run alone;
+on private ones, on free loopback ports, they run beside every other test. Each service lives
+in a temporary directory and is stopped and deleted after the test.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 
-from tests.conftest import BROKER_URL, POSTGRES_URL, _reachable
+import pytest
+
+from tests.conftest import _reachable
+
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian's; /usr/sbin's wrappers drop our env
+
+
+def _postgres_bin() -> Path | None:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return versions[-1].parent if versions else None
+
+
+def require_private_services() -> None:
+    """Private services need root (to run them as the rabbitmq and postgres users) and Debian's
+    RabbitMQ and PostgreSQL packages, which scripts/services installs; without them the test
+    is skipped locally and fails in CI."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root")
+    if not (RABBITMQ_BIN / "rabbitmq-server").exists():
+        missing.append(str(RABBITMQ_BIN / "rabbitmq-server"))
+    if _postgres_bin() is None:
+        missing.append("PostgreSQL's initdb")
+    if missing:
+        reason = "private services need " + ", ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 async def run(*command: str, check: bool = True) -> str:
@@ -20,88 +58,155 @@ async def run(*command: str, check: bool = True) -> str:
     return text
 
 
-def can_restart_services() -> bool:
-    """Only on a machine where the services are local and ours to restart (root, tools)."""
-    return (
-        os.geteuid() == 0
-        and shutil.which("rabbitmqctl") is not None
-        and shutil.which("pg_ctlcluster") is not None
-        and "127.0.0.1" in BROKER_URL
-        and "127.0.0.1" in POSTGRES_URL
-    )
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
-async def wait_reachable(url: str, port: int, timeout: float = 60.0) -> None:
+def _private_directory(owner: str) -> Path:
+    directory = Path(tempfile.mkdtemp(prefix=f"warren-{owner}-"))
+    shutil.chown(directory, owner, owner)
+    return directory
+
+
+async def _wait(url: str, port: int, reachable: bool, timeout: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not _reachable(url, port):
+    while _reachable(url, port) != reachable:
         if loop.time() > deadline:
-            raise AssertionError(f"{url} did not come back within {timeout} s")
-        await asyncio.sleep(0.2)
+            state = "reachable" if reachable else "unreachable"
+            raise AssertionError(f"{url} did not become {state} within {timeout} s")
+        await asyncio.sleep(0.1)
 
 
 class Broker:
-    """The local RabbitMQ node."""
+    """A RabbitMQ node of the test's own (guest/guest on a free loopback port)."""
 
-    async def stop_app(self) -> None:
-        await run("rabbitmqctl", "stop_app")
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.node = f"warren-{uuid.uuid4().hex[:8]}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.directory = _private_directory("rabbitmq")
+        (self.directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
+        )
+        (self.directory / "enabled_plugins").write_text("[].\n")  # no management port
+        shutil.chown(self.directory / "rabbitmq.conf", "rabbitmq", "rabbitmq")
+        shutil.chown(self.directory / "enabled_plugins", "rabbitmq", "rabbitmq")
+        self.environment = {
+            "HOME": "/var/lib/rabbitmq",  # its Erlang cookie, which rabbitmqctl uses too
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
+            "RABBITMQ_PID_FILE": str(self.directory / "pid"),
+        }
 
-    async def start_app(self) -> None:
-        await run("rabbitmqctl", "start_app")
-        await run("rabbitmqctl", "await_startup")
+    async def ctl(self, *args: str, check: bool = True) -> str:
+        return await run("rabbitmqctl", "-n", self.node, *args, check=check)
 
-    async def kill(self) -> None:
-        """SIGKILL the Erlang VM, as a crash would."""
-        pid = (await run("rabbitmqctl", "eval", "os:getpid().")).strip().strip('"')
-        await run("kill", "-9", pid)
-        while _reachable(BROKER_URL, 5672):  # noqa: ASYNC110 - another process
-            await asyncio.sleep(0.1)
+    async def eval(self, expression: str) -> str:
+        return (await self.ctl("eval", expression)).strip()
 
     async def start_server(self) -> None:
-        await run("rabbitmq-server", "-detached", check=False)
+        settings = [f"{key}={value}" for key, value in self.environment.items()]
+        await run(
+            "runuser", "-u", "rabbitmq", "--", "env", *settings,
+            str(RABBITMQ_BIN / "rabbitmq-server"), "-detached",
+        )  # fmt: skip
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 120
         while True:  # await_startup fails at once until the VM answers
             try:
-                await run("rabbitmqctl", "await_startup", "--timeout", "60")
-                return
+                await self.ctl("await_startup", "--timeout", "60")
+                break
             except AssertionError:
                 if loop.time() > deadline:
                     raise
-                await asyncio.sleep(1)
+                await asyncio.sleep(0.5)
+        await _wait(self.url, self.port, reachable=True)
 
-    async def ensure_running(self) -> None:
-        if not _reachable(BROKER_URL, 5672):
-            status = await run("rabbitmqctl", "status", check=False)
-            if "rabbit" in status and "Runtime" in status:  # the VM runs, the app does not
-                await self.start_app()
-            else:
-                await self.start_server()
-        await wait_reachable(BROKER_URL, 5672)
+    async def stop_app(self) -> None:
+        await self.ctl("stop_app")
+
+    async def start_app(self) -> None:
+        await self.ctl("start_app")
+        await self.ctl("await_startup")
+
+    async def kill(self) -> None:
+        """SIGKILL the Erlang VM, as a crash would."""
+        pid = (await self.eval("os:getpid().")).strip('"')
+        await run("kill", "-9", pid)
+        await _wait(self.url, self.port, reachable=False)
+
+    async def shutdown(self) -> None:
+        with suppress(AssertionError):
+            await self.ctl("stop", check=False)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls) -> AsyncIterator[Broker]:
+        broker = cls()
+        try:
+            await broker.start_server()
+            yield broker
+        finally:
+            await broker.shutdown()
 
 
 class Postgres:
-    """The local PostgreSQL cluster."""
+    """A PostgreSQL cluster of the test's own (trust auth, database `test`, a free port)."""
 
     def __init__(self) -> None:
-        versions = sorted(os.listdir("/etc/postgresql"))
-        self.version = versions[-1]
+        binaries = _postgres_bin()
+        assert binaries is not None, "call require_private_services() first"
+        self.binaries = binaries
+        self.port = free_port()
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/test"
+        self.directory = _private_directory("postgres")
+        self.data = self.directory / "data"
 
-    async def _ctl(self, *args: str) -> None:
-        await run(
-            "pg_ctlcluster", "--skip-systemctl-redirect", self.version, "main", *args, check=False
+    async def _as_postgres(self, tool: str, *args: str) -> str:
+        return await run("runuser", "-u", "postgres", "--", str(self.binaries / tool), *args)
+
+    async def create(self) -> None:
+        await self._as_postgres(
+            "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
         )
+        await self.start()
+        await run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                  "-qc", "CREATE DATABASE test")  # fmt: skip
+
+    async def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+        await self._as_postgres(
+            "pg_ctl", "-D", str(self.data), "-o", options,
+            "-l", str(self.directory / "log"), "-w", "start",
+        )  # fmt: skip
+        await _wait(self.url, self.port, reachable=True)
 
     async def stop(self) -> None:
         """An immediate shutdown: no checkpoint, connections cut, as a crash would."""
-        await self._ctl("stop", "-m", "immediate")
-        while _reachable(POSTGRES_URL, 5432):  # noqa: ASYNC110 - another process
-            await asyncio.sleep(0.1)
+        await self._as_postgres("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+        await _wait(self.url, self.port, reachable=False)
 
-    async def start(self) -> None:
-        await self._ctl("start")
-        await wait_reachable(POSTGRES_URL, 5432)
+    async def shutdown(self) -> None:
+        with suppress(AssertionError):
+            await self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
-    async def ensure_running(self) -> None:
-        if not _reachable(POSTGRES_URL, 5432):
-            await self.start()
+    @classmethod
+    @asynccontextmanager
+    async def running(cls) -> AsyncIterator[Postgres]:
+        postgres = cls()
+        try:
+            await postgres.create()
+            yield postgres
+        finally:
+            await postgres.shutdown()

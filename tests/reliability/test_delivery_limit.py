@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from processor.broker.topology import DELIVERY_LIMIT
-from tests.conftest import BROKER_URL, TestEnv
+from tests.conftest import BROKER_URL, TestEnv, require_tool
 from tests.reliability.harness import (
     Fleet,
     Ledger,
@@ -20,7 +20,7 @@ from tests.reliability.harness import (
     seeded_random,
     wait_terminal,
 )
-from tests.reliability.services import can_restart_services, run
+from tests.reliability.services import run
 from tests.reliability.workflows import Chain
 
 
@@ -38,8 +38,7 @@ async def unacked(queue: str) -> int:
 async def test_more_kills_than_the_delivery_limit_dead_letter_nothing(
     env: TestEnv, fleet: Fleet, tmp_path: Path
 ) -> None:
-    if not can_restart_services():
-        pytest.skip("needs rabbitmqctl to count unacknowledged deliveries")
+    require_tool("rabbitmqctl")  # it counts the deliveries in flight
     seed, rng = seeded_random("delivery limit")
     ledger = Ledger(tmp_path / "ledger.jsonl")
     (worker,) = await fleet.start(1, concurrency=10)
