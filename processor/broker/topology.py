@@ -134,6 +134,21 @@ class Topology:
         return names + [f"{name}.dead" for name in names]
 
 
+async def ready_count(channel: AbstractChannel, queue: str) -> int:
+    """Messages ready in `queue` (not those delivered and awaiting an ack), read with a passive
+    declare on the underlying channel: aio-pika's robust channel answers a passive declare of a
+    queue it has declared from its cache, with the count of that first declare.
+
+    Raises:
+        aio_pika.exceptions.ChannelNotFoundEntity: there is no such queue (the broker closes
+            the channel; a robust channel reopens).
+    """
+    underlay = await channel.get_underlay_channel()
+    declared = await underlay.queue_declare(queue, passive=True)
+    assert declared.message_count is not None  # the broker always sends it
+    return declared.message_count
+
+
 async def _declare_delay_cascade(channel: AbstractChannel) -> dict[str, AbstractExchange]:
     topic = aio_pika.ExchangeType.TOPIC
     parking = await channel.declare_exchange(PARKING, aio_pika.ExchangeType.FANOUT, durable=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -181,15 +181,26 @@ async def overdue_steps(
 
 
 async def overdue_runs(
-    session: AsyncSession, workflows: Sequence[str], now: datetime, grace: timedelta, limit: int
+    session: AsyncSession, cutoffs: Mapping[str, datetime], limit: int
 ) -> list[InstanceRow]:
-    """Active instances owed a round for more than `grace`: their run message was lost."""
+    """Active instances owed a round since at or before their workflow's cutoff (the sweeper
+    presumes their run message lost; see `Worker.sweep_lost_runs`). A workflow without a
+    cutoff is left alone."""
+    if not cutoffs:
+        return []
     query = (
         select(InstanceRow)
         .where(
-            col(InstanceRow.run_due_at) <= now - grace,
             col(InstanceRow.status).in_(ACTIVE_STATUSES),
-            col(InstanceRow.workflow).in_(workflows),
+            sa.or_(
+                *(
+                    sa.and_(
+                        col(InstanceRow.workflow) == workflow,
+                        col(InstanceRow.run_due_at) <= cutoff,
+                    )
+                    for workflow, cutoff in sorted(cutoffs.items())
+                )
+            ),
         )
         .limit(limit)
         .with_for_update(skip_locked=True)
