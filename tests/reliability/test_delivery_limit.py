@@ -42,16 +42,18 @@ async def test_more_kills_than_the_delivery_limit_dead_letter_nothing(
     seed, rng = seeded_random("delivery limit")
     ledger = Ledger(tmp_path / "ledger.jsonl")
     (worker,) = await fleet.start(1, concurrency=10)
-    items = [
-        {"params": {"ledger": str(ledger.path), "step_seconds": [rng.uniform(0.5, 1.5)]}}
-        for _ in range(500)
-    ]
+    kills = DELIVERY_LIMIT + 5
+    # An attempt lost with its worker counts toward the step's retries, and one instance may
+    # be in flight at every kill: a retry limit above the kills leaves only the delivery limit
+    # to lose work through, which is what this test is about.
+    params = {"ledger": str(ledger.path), "retry_limit": kills}
+    items = [{"params": {**params, "step_seconds": [rng.uniform(0.5, 1.5)]}} for _ in range(500)]
     ids = []
     for first in range(0, len(items), 100):
         ids += [i.id for i in await env.client.create_batch(Chain, items[first : first + 100])]
     queue = f"{env.namespace}.run.{Chain.name}"
     in_flight = []
-    for _ in range(DELIVERY_LIMIT + 5):
+    for _ in range(kills):
         await asyncio.sleep(rng.uniform(0.5, 1.5))
         for _ in range(10):  # kill it while it holds deliveries
             if (held := await unacked(queue)) >= 5:
