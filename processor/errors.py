@@ -20,6 +20,8 @@ ProcessorError
 
 from __future__ import annotations
 
+import ssl
+
 from processor.config import redact_url
 from schemas import ErrorInfo
 
@@ -156,3 +158,15 @@ class DatabaseNotMigratedError(ProcessorError):
 
 class InfrastructureError(ProcessorError):
     """Broker or database trouble; the engine retries it."""
+
+
+def is_certificate_refused(error: BaseException) -> bool:
+    """The server's TLS certificate failed verification (another host's, an untrusted CA's,
+    expired), however the client library wrapped the error: a configuration error that no
+    retry can mend, unlike the network errors it arrives among."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

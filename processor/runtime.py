@@ -20,12 +20,12 @@ from typing import Any, Generic, TypeVar
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from processor import config
 from processor.broker.publisher import Publisher
 from processor.broker.topology import Topology
-from processor.errors import InfrastructureError
+from processor.errors import InfrastructureError, is_certificate_refused
 from processor.failpoints import crash_point
 from processor.store import queries
 from processor.store.database import Database
@@ -233,12 +233,17 @@ class Runtime:
                 raise
 
 
+def _worth_reconnecting(error: BaseException) -> bool:
+    connection_error = isinstance(error, OSError | aio_pika.exceptions.AMQPError)
+    return connection_error and not is_certificate_refused(error)
+
+
 async def connect_broker(url: str, connect_for: float) -> AbstractRobustConnection:
-    """Connect to RabbitMQ, retrying for `connect_for` seconds; the connection then reconnects
-    by itself after a broker restart."""
+    """Connect to RabbitMQ, retrying for `connect_for` seconds (but not a certificate that
+    fails verification); the connection then reconnects by itself after a broker restart."""
     try:
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((OSError, aio_pika.exceptions.AMQPError)),
+            retry=retry_if_exception(_worth_reconnecting),
             wait=wait_exponential(multiplier=0.2, max=5),
             stop=stop_after_delay(connect_for),
             reraise=True,

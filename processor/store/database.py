@@ -26,7 +26,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from processor.errors import DatabaseNotMigratedError
+from processor.errors import DatabaseNotMigratedError, is_certificate_refused
 from processor.store import migrations
 from processor.store.driver import DriverSession, driver_transaction
 
@@ -46,7 +46,10 @@ def _sqlstate(error: BaseException) -> str:
 
 def is_transient(error: BaseException) -> bool:
     """Database errors that pass: a restart, a dropped connection, SQLite's busy lock, a full
-    pool. Integrity and data errors are not: retrying them cannot help."""
+    pool. Integrity and data errors are not, nor a server certificate that fails TLS
+    verification: retrying them cannot help."""
+    if is_certificate_refused(error):
+        return False
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
     if _sqlstate(error).startswith(TRANSIENT_SQLSTATES):

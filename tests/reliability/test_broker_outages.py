@@ -28,8 +28,8 @@ from tests.reliability.harness import (
     seeded_random,
     wait_terminal,
 )
-from tests.reliability.services import Broker, require_private_services
 from tests.reliability.workflows import Sleeper, WhoAmI
+from tests.services import Broker, require_private_services
 
 
 @pytest.fixture

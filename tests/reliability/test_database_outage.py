@@ -23,8 +23,8 @@ from tests.reliability.harness import (
     seeded_random,
     wait_terminal,
 )
-from tests.reliability.services import Postgres, require_private_services
 from tests.reliability.workflows import Chain
+from tests.services import Postgres, require_private_services
 
 
 @pytest.fixture

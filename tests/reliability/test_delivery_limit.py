@@ -20,8 +20,8 @@ from tests.reliability.harness import (
     seeded_random,
     wait_terminal,
 )
-from tests.reliability.services import run
 from tests.reliability.workflows import Chain
+from tests.services import run
 
 
 async def unacked(queue: str) -> int:

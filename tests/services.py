@@ -1,4 +1,5 @@
-"""A RabbitMQ node and a PostgreSQL cluster of a test's own, to restart, kill and reconfigure.
+"""A RabbitMQ node and a PostgreSQL cluster of a test's own, to restart, kill, reconfigure or
+serve TLS.
 
 The outage scenarios used to restart the machine's shared services, so they had to run alone;
 on private ones, on free loopback ports, they run beside every other test. Each service lives
@@ -11,10 +12,12 @@ import asyncio
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -71,6 +74,53 @@ def _private_directory(owner: str) -> Path:
     return directory
 
 
+@dataclass(frozen=True)
+class ServerCertificate:
+    """A server certificate for host name `localhost` (only), signed by a CA of the test's."""
+
+    ca: Path
+    certificate: Path
+    key: Path
+
+    @classmethod
+    def issue(cls, folder: Path, ca_name: str = "warren-test-ca") -> ServerCertificate:
+        """A new CA and a certificate it signed, made with openssl in `folder`."""
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+        folder.mkdir(parents=True, exist_ok=True)
+        ca, ca_key = folder / "ca.pem", folder / "ca.key"
+        certificate, key, request = folder / "server.pem", folder / "server.key", folder / "csr"
+        extensions = folder / "extensions"
+        new_key = ["-newkey", "rsa:2048", "-nodes"]
+        openssl("req", "-x509", *new_key, "-days", "1", "-subj", f"/CN={ca_name}",
+                "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
+        openssl("req", *new_key, "-subj", "/CN=localhost", "-keyout", str(key),
+                "-out", str(request))  # fmt: skip
+        extensions.write_text(
+            "subjectAltName = DNS:localhost\n"
+            "basicConstraints = CA:FALSE\n"
+            "authorityKeyIdentifier = keyid,issuer\n"
+        )
+        openssl("x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key),
+                "-CAcreateserial", "-days", "1", "-extfile", str(extensions),
+                "-out", str(certificate))  # fmt: skip
+        return cls(ca, certificate, key)
+
+    def copy_for(self, owner: str, folder: Path) -> ServerCertificate:
+        """The files copied into `folder`, owned by the service's user (PostgreSQL refuses a
+        key others can read)."""
+        copies = []
+        for path in (self.ca, self.certificate, self.key):
+            copy = folder / path.name
+            shutil.copyfile(path, copy)
+            shutil.chown(copy, owner, owner)
+            copy.chmod(0o600)
+            copies.append(copy)
+        return ServerCertificate(*copies)
+
+
 async def _wait(url: str, port: int, reachable: bool, timeout: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -82,16 +132,29 @@ async def _wait(url: str, port: int, reachable: bool, timeout: float = 60.0) -> 
 
 
 class Broker:
-    """A RabbitMQ node of the test's own (guest/guest on a free loopback port)."""
+    """A RabbitMQ node of the test's own (guest/guest on a free loopback port); with `tls`, it
+    listens for amqps only."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ServerCertificate | None = None) -> None:
         self.port = free_port()
         self.node = f"warren-{uuid.uuid4().hex[:8]}@localhost"
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
         self.directory = _private_directory("rabbitmq")
-        (self.directory / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
-        )
+        if tls is None:
+            self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+            listeners = f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
+        else:
+            self.url = f"amqps://guest:guest@localhost:{self.port}/?cafile={tls.ca}"
+            served = tls.copy_for("rabbitmq", self.directory)
+            listeners = (
+                "listeners.tcp = none\n"
+                f"listeners.ssl.default = 127.0.0.1:{self.port}\n"
+                f"ssl_options.cacertfile = {served.ca}\n"
+                f"ssl_options.certfile = {served.certificate}\n"
+                f"ssl_options.keyfile = {served.key}\n"
+                "ssl_options.verify = verify_none\n"
+                "ssl_options.fail_if_no_peer_cert = false\n"
+            )
+        (self.directory / "rabbitmq.conf").write_text(listeners)
         (self.directory / "enabled_plugins").write_text("[].\n")  # no management port
         shutil.chown(self.directory / "rabbitmq.conf", "rabbitmq", "rabbitmq")
         shutil.chown(self.directory / "enabled_plugins", "rabbitmq", "rabbitmq")
@@ -151,8 +214,8 @@ class Broker:
 
     @classmethod
     @asynccontextmanager
-    async def running(cls) -> AsyncIterator[Broker]:
-        broker = cls()
+    async def running(cls, tls: ServerCertificate | None = None) -> AsyncIterator[Broker]:
+        broker = cls(tls)
         try:
             await broker.start_server()
             yield broker
@@ -161,16 +224,21 @@ class Broker:
 
 
 class Postgres:
-    """A PostgreSQL cluster of the test's own (trust auth, database `test`, a free port)."""
+    """A PostgreSQL cluster of the test's own (trust auth, database `test`, a free port); with
+    `tls`, it refuses connections without TLS. Its `url` does not verify the certificate:
+    TLS tests add `?ssl=verify-full` and the CA in PGSSLROOTCERT, as the README says."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ServerCertificate | None = None) -> None:
         binaries = _postgres_bin()
         assert binaries is not None, "call require_private_services() first"
         self.binaries = binaries
         self.port = free_port()
-        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/test"
         self.directory = _private_directory("postgres")
         self.data = self.directory / "data"
+        self.options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+        self.tls = tls and tls.copy_for("postgres", self.directory)
+        host = "127.0.0.1" if tls is None else "localhost"
+        self.url = f"postgresql+asyncpg://postgres@{host}:{self.port}/test"
 
     async def _as_postgres(self, tool: str, *args: str) -> str:
         return await run("runuser", "-u", "postgres", "--", str(self.binaries / tool), *args)
@@ -179,14 +247,22 @@ class Postgres:
         await self._as_postgres(
             "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
         )
+        if self.tls is not None:
+            served = self.tls
+            self.options += f" -c ssl=on -c ssl_cert_file={served.certificate}"
+            self.options += f" -c ssl_key_file={served.key}"
+            (self.data / "pg_hba.conf").write_text(
+                "local all all trust\n"
+                "hostssl all all 127.0.0.1/32 trust\n"
+                "hostnossl all all 0.0.0.0/0 reject\n"
+            )
         await self.start()
         await run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
                   "-qc", "CREATE DATABASE test")  # fmt: skip
 
     async def start(self) -> None:
-        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
         await self._as_postgres(
-            "pg_ctl", "-D", str(self.data), "-o", options,
+            "pg_ctl", "-D", str(self.data), "-o", self.options,
             "-l", str(self.directory / "log"), "-w", "start",
         )  # fmt: skip
         await _wait(self.url, self.port, reachable=True)
@@ -203,8 +279,8 @@ class Postgres:
 
     @classmethod
     @asynccontextmanager
-    async def running(cls) -> AsyncIterator[Postgres]:
-        postgres = cls()
+    async def running(cls, tls: ServerCertificate | None = None) -> AsyncIterator[Postgres]:
+        postgres = cls(tls)
         try:
             await postgres.create()
             yield postgres
