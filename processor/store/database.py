@@ -121,6 +121,15 @@ class Database:
         A consumer's message stays unacked meanwhile, so a database outage pauses consumption
         instead of dead-lettering work.
         """
+        # The first try runs bare: tenacity's machinery took 5% of a busy worker's CPU when
+        # every transaction went through it, and nearly every transaction succeeds at once.
+        try:
+            return await operation()
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            if is_unreachable(error):
+                self.outage.set()
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
             wait=wait_exponential(multiplier=0.05, max=5),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from processor.store.database import is_transient, is_unreachable
+from processor.store.database import Database, is_transient, is_unreachable
 
 
 class PostgresError(Exception):
@@ -53,3 +54,43 @@ def test_only_an_unreachable_database_pauses_a_worker(
     error: BaseException, unreachable: bool
 ) -> None:
     assert is_unreachable(error) is unreachable
+
+
+async def test_retry_runs_an_operation_again_until_a_transient_error_passes(
+    tmp_path: Path,
+) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path}/retry.db")
+    failures = [ConnectionRefusedError(), ConnectionRefusedError()]
+    calls = 0
+
+    async def operation() -> str:
+        nonlocal calls
+        calls += 1
+        if failures:
+            raise failures.pop()
+        return "done"
+
+    try:
+        assert await database.retry(operation) == "done"
+        assert calls == 3
+        assert database.outage.is_set()  # a refused connection is an outage: consumers pause
+    finally:
+        await database.close()
+
+
+async def test_retry_raises_a_lasting_error_after_one_try(tmp_path: Path) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path}/retry.db")
+    calls = 0
+
+    async def operation() -> None:
+        nonlocal calls
+        calls += 1
+        raise IntegrityError("x", {}, Exception("duplicate key"))
+
+    try:
+        with pytest.raises(IntegrityError):
+            await database.retry(operation)
+        assert calls == 1
+        assert not database.outage.is_set()
+    finally:
+        await database.close()
