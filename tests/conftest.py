@@ -69,7 +69,7 @@ class Backend:
 @pytest.fixture
 def broker_url() -> str:
     """The broker the test's workers and client use; a module whose tests restart the broker
-    overrides it with a node of its own (tests/reliability/services.py)."""
+    overrides it with a node of its own (tests/services.py)."""
     return BROKER_URL
 
 

@@ -1,6 +1,6 @@
 """Scenarios 3 and 15: the broker restarted (gracefully, then killed) under 1,000 sleeping
 instances; a step longer than the broker's consumer timeout. Each test has a RabbitMQ node of
-its own (tests/reliability/services.py), so restarting and reconfiguring it disturbs no other
+its own (tests/services.py), so restarting and reconfiguring it disturbs no other
 test."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Scenario 4: the database restarted, then down for 60 s, under 500 running instances. The
-test has a PostgreSQL cluster of its own (tests/reliability/services.py), so stopping it
+test has a PostgreSQL cluster of its own (tests/services.py), so stopping it
 disturbs no other test."""
 
 from __future__ import annotations
