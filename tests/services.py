@@ -32,10 +32,10 @@ def _postgres_bin() -> Path | None:
     return versions[-1].parent if versions else None
 
 
-def require_private_services() -> None:
-    """Private services need root (to run them as the rabbitmq and postgres users) and Debian's
-    RabbitMQ and PostgreSQL packages, which scripts/services installs; without them the test
-    is skipped locally and fails in CI."""
+def missing_for_private_services() -> list[str]:
+    """What this machine lacks to run private services: root (to run them as the rabbitmq and
+    postgres users) and Debian's RabbitMQ and PostgreSQL packages (scripts/services installs
+    them)."""
     missing = []
     if os.geteuid() != 0:
         missing.append("root")
@@ -43,7 +43,12 @@ def require_private_services() -> None:
         missing.append(str(RABBITMQ_BIN / "rabbitmq-server"))
     if _postgres_bin() is None:
         missing.append("PostgreSQL's initdb")
-    if missing:
+    return missing
+
+
+def require_private_services() -> None:
+    """Skip the test locally, and fail it in CI, where private services cannot run."""
+    if missing := missing_for_private_services():
         reason = "private services need " + ", ".join(missing)
         if os.environ.get("CI"):
             pytest.fail(reason)

@@ -8,9 +8,25 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from tests.conftest import TestEnv
+from tests.conftest import POSTGRES_URL, TestEnv
 from tests.reliability.harness import REPORTS, Fleet
 from tests.reliability.workflows import WORKFLOWS
+from tests.services import Postgres, missing_for_private_services
+
+
+@pytest.fixture
+async def postgres_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """Each scenario on PostgreSQL gets a cluster of its own where the machine can run one
+    (tests/services.py): three scenarios at once, each with its workers' connection pools, need
+    more connections than a default cluster's 100. Elsewhere, one at a time, the shared one.
+    (`backend` asks for this fixture on SQLite too: no cluster is started then.)"""
+    callspec = getattr(request.node, "callspec", None)
+    on_postgres = callspec is not None and callspec.params.get("backend") == "postgres"
+    if not on_postgres or missing_for_private_services():
+        yield POSTGRES_URL
+        return
+    async with Postgres.running() as postgres:
+        yield postgres.url
 
 
 @pytest.fixture

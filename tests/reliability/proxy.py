@@ -7,6 +7,7 @@ import asyncio
 import socket
 import struct
 from contextlib import suppress
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -19,6 +20,7 @@ class Proxy:
         self._parts = parts
         self._server: asyncio.Server | None = None
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
         self.url = ""
@@ -33,9 +35,14 @@ class Proxy:
 
     async def close(self) -> None:
         self._flowing.set()
-        self.cut()
         if self._server is not None:
             self._server.close()
+        self.cut()
+        # Until every connection's pumps have closed both its sockets: a socket left to the
+        # garbage collector after the test's event loop is gone warns in whichever test runs
+        # next.
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
 
     @property
@@ -69,19 +76,25 @@ class Proxy:
             self._flowing.set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        link = (writer, upstream_writer)
-        self._links.add(link)
-        try:
-            await asyncio.gather(
-                self._pump(reader, upstream_writer), self._pump(upstream_reader, writer)
-            )
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+            except OSError:
+                writer.close()
+                return
+            link = (writer, upstream_writer)
+            self._links.add(link)
+            try:
+                await asyncio.gather(
+                    self._pump(reader, upstream_writer), self._pump(upstream_reader, writer)
+                )
+            finally:
+                self._links.discard(link)
         finally:
-            self._links.discard(link)
+            self._handlers.discard(handler)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Copy one direction until either side goes away, then close the other side too."""
