@@ -33,6 +33,17 @@ async def unacked(queue: str) -> int:
     return 0
 
 
+async def deliveries_held(queue: str, at_least: int, within_s: float) -> int:
+    """The deliveries the worker holds once it holds `at_least` (a new worker takes a moment to
+    fill its prefetch), or what it holds after `within_s`."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while (held := await unacked(queue)) < at_least:
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    return held
+
+
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 @pytest.mark.timeout(600)
 async def test_more_kills_than_the_delivery_limit_dead_letter_nothing(
@@ -47,7 +58,10 @@ async def test_more_kills_than_the_delivery_limit_dead_letter_nothing(
     # be in flight at every kill: a retry limit above the kills leaves only the delivery limit
     # to lose work through, which is what this test is about.
     params = {"ledger": str(ledger.path), "retry_limit": kills}
-    items = [{"params": {**params, "step_seconds": [rng.uniform(0.5, 1.5)]}} for _ in range(500)]
+    # Steps of 2 to 4 s keep the run queue from draining during the kills (one worker of 10
+    # slots does about 3 a second of them, 500 would take it over two minutes): an empty queue
+    # leaves nothing in flight to kill, and the test would prove nothing.
+    items = [{"params": {**params, "step_seconds": [rng.uniform(2, 4)]}} for _ in range(500)]
     ids = []
     for first in range(0, len(items), 100):
         ids += [i.id for i in await env.client.create_batch(Chain, items[first : first + 100])]
@@ -55,12 +69,10 @@ async def test_more_kills_than_the_delivery_limit_dead_letter_nothing(
     in_flight = []
     for _ in range(kills):
         await asyncio.sleep(rng.uniform(0.5, 1.5))
-        for _ in range(10):  # kill it while it holds deliveries
-            if (held := await unacked(queue)) >= 5:
-                break
-        in_flight.append(held)
+        in_flight.append(await deliveries_held(queue, at_least=5, within_s=20))
         await fleet.kill(worker)
         (worker,) = await fleet.start(1, concurrency=10)
+    await fleet.start(2, concurrency=50)  # the rest of the work, quickly
     statuses = await wait_terminal(env.client, ids, deadline_s=240)
     report = check(
         Report("14 kills > delivery limit", len(ids), fleet.kills, seed=seed),
