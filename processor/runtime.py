@@ -131,8 +131,8 @@ class Runtime:
                 await self.sync_clock(session)
         self.connection = await connect_broker(self.broker_url, connect_for)
         channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchanges = await self.topology.declare_exchanges(channel)
-        self._publisher = Publisher(channel, self.topology, exchanges, self.clock.now)
+        await self.topology.declare_exchanges(channel)
+        self._publisher = Publisher(channel, self.topology, self.clock.now)
         self._deleter = asyncio.create_task(self._delete_published_forever())
 
     async def close(self) -> None:

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractQueue
 
 #: 2^35 ms is 398 days: enough for the longest sleep (365 days).
 DELAY_LEVELS = 35
@@ -82,22 +82,15 @@ class Topology:
     def delayed_key(self, workflow: str) -> str:
         return f"{self.namespace}.run.{workflow}"
 
-    async def declare_exchanges(self, channel: AbstractChannel) -> dict[str, AbstractExchange]:
+    async def declare_exchanges(self, channel: AbstractChannel) -> None:
         """Declare every exchange (idempotent): the client needs these, not the queues."""
         topic = aio_pika.ExchangeType.TOPIC
-        exchanges = {
-            self.ingress_exchange: await channel.declare_exchange(
-                self.ingress_exchange, topic, durable=True
-            ),
-            self.engine_exchange: await channel.declare_exchange(
-                self.engine_exchange, topic, durable=True
-            ),
-            self.dead_exchange: await channel.declare_exchange(
-                self.dead_exchange, aio_pika.ExchangeType.DIRECT, durable=True
-            ),
-        }
-        exchanges.update(await _declare_delay_cascade(channel))
-        return exchanges
+        await channel.declare_exchange(self.ingress_exchange, topic, durable=True)
+        await channel.declare_exchange(self.engine_exchange, topic, durable=True)
+        await channel.declare_exchange(
+            self.dead_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        await _declare_delay_cascade(channel)
 
     async def declare_consuming_queue(self, channel: AbstractChannel, name: str) -> AbstractQueue:
         """A quorum queue with a delivery limit and its dead-letter queue `name.dead`."""
@@ -149,7 +142,7 @@ async def ready_count(channel: AbstractChannel, queue: str) -> int:
     return declared.message_count
 
 
-async def _declare_delay_cascade(channel: AbstractChannel) -> dict[str, AbstractExchange]:
+async def _declare_delay_cascade(channel: AbstractChannel) -> None:
     topic = aio_pika.ExchangeType.TOPIC
     parking = await channel.declare_exchange(PARKING, aio_pika.ExchangeType.FANOUT, durable=True)
     # Parked wake-ups are kept a week for inspection; their instances were woken by the sweeper.
@@ -162,7 +155,6 @@ async def _declare_delay_cascade(channel: AbstractChannel) -> dict[str, Abstract
     deliver = await channel.declare_exchange(
         DELIVERY_EXCHANGE, topic, durable=True, arguments={"alternate-exchange": PARKING}
     )
-    exchanges = {DELIVERY_EXCHANGE: deliver}
     below = deliver
     for level in range(DELAY_LEVELS):
         name = f"{DELAY_PREFIX}.{level}"
@@ -183,6 +175,4 @@ async def _declare_delay_cascade(channel: AbstractChannel) -> dict[str, Abstract
         skip = "*." * (DELAY_LEVELS - 1 - level)
         await queue.bind(exchange, routing_key=f"{skip}1.#")
         await below.bind(exchange, routing_key=f"{skip}0.#")
-        exchanges[name] = exchange
         below = exchange
-    return exchanges
