@@ -265,12 +265,14 @@ async def _record_outcome(
         instance = await driver.lock_instance(tx.session, work.instance_id)
         if instance is None:
             return None
+        # Read before the instance changes: a change is written before the next statement
+        # (autoflush), and this way all of the instance's go in one UPDATE at the commit.
+        row = await driver.get_step(tx.session, work.instance_id, pending.step.key)
         # The compute was spent whether or not the result still counts.
         instance.compute_ms += outcome.duration_s * 1000
         instance.cpu_ms += outcome.cpu_s * 1000
         if instance.generation != work.generation or instance.status in TERMINAL_STATUSES:
             return None  # terminated or restarted meanwhile: this attempt's result is void
-        row = await driver.get_step(tx.session, work.instance_id, pending.step.key)
         if row is None or not is_current(row, pending, worker_id):
             return None  # a newer attempt took over (this one was presumed lost)
         retry_at = record_outcome(row, pending, outcome, tx.now)
