@@ -126,7 +126,8 @@ class _Sqlite:
     and SQLite's one write lock is held across every hop of a transaction, so hops are what
     limits SQLite's throughput. Hence: a statement and its fetch run in one hop, BEGIN goes
     with the transaction's first statement, and the writes of a flush (whose results nobody
-    reads) wait for the next hop, at the latest the COMMIT's. A round then takes 3 hops, not 9.
+    reads) wait for the next hop, at the latest the COMMIT's. A step's two transactions then
+    take 7 hops, not 18.
     """
 
     def __init__(self, connection: Any) -> None:
