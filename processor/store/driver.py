@@ -16,7 +16,7 @@ and changed or added rows are written before each statement (autoflush) and at c
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -284,23 +284,27 @@ class DriverSession:
         await self._write(compiled, compiled.arguments({**values, **keys}))
 
     async def _query(self, compiled: _Compiled, arguments: list[Any]) -> list[Sequence[Any]]:
-        if not self._traced:
-            return await self._driver.fetch(compiled.sql, arguments)
-        with sql_span(self._dialect.name, compiled.sql):
-            return await self._driver.fetch(compiled.sql, arguments)
+        rows: list[Sequence[Any]] = await self._traced_call(
+            compiled, self._driver.fetch(compiled.sql, arguments)
+        )
+        return rows
 
     async def _command(self, compiled: _Compiled, arguments: list[Any]) -> int:
-        if not self._traced:
-            return await self._driver.execute(compiled.sql, arguments)
-        with sql_span(self._dialect.name, compiled.sql):
-            return await self._driver.execute(compiled.sql, arguments)
+        count: int = await self._traced_call(
+            compiled, self._driver.execute(compiled.sql, arguments)
+        )
+        return count
 
     async def _write(self, compiled: _Compiled, arguments: list[Any]) -> None:
-        """A flush's INSERT or UPDATE: SQLite runs it with the next statement (see _Sqlite)."""
+        """A flush's INSERT or UPDATE: SQLite runs it with the next statement (see _Sqlite),
+        so its span there only covers queueing it."""
+        await self._traced_call(compiled, self._driver.write(compiled.sql, arguments))
+
+    async def _traced_call(self, compiled: _Compiled, call: Awaitable[Any]) -> Any:
         if not self._traced:
-            return await self._driver.write(compiled.sql, arguments)
+            return await call
         with sql_span(self._dialect.name, compiled.sql):
-            return await self._driver.write(compiled.sql, arguments)
+            return await call
 
     def _compile(self, key: Any, statement: ClauseElement) -> _Compiled:
         """Compiled once per process and dialect: a module-level statement is its own key; a
