@@ -93,7 +93,10 @@ def _result_processor(column_type: sa.types.TypeEngine[Any], dialect: sa.Dialect
 
 
 class _Postgres:
-    """asyncpg: one transaction at a time on one connection."""
+    """asyncpg: one transaction at a time on one connection. Every statement is a round trip,
+    so a flush's writes go as one statement (`DriverSession._write_together`)."""
+
+    writes_together = True
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
@@ -129,6 +132,9 @@ class _Sqlite:
     reads) wait for the next hop, at the latest the COMMIT's. A step's two transactions then
     take 7 hops, not 18.
     """
+
+    #: Its flush's writes already wait for the next hop (and SQLite has no writes in CTEs).
+    writes_together = False
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection  # aiosqlite's Connection
@@ -222,10 +228,10 @@ class DriverSession:
         return await self._command(compiled, compiled.arguments(params))
 
     async def flush(self) -> None:
-        """Write the added rows and the changed columns of the loaded ones."""
+        """Write the added rows and the changed columns of the loaded ones: on PostgreSQL in
+        one statement (each write a data-modifying CTE), elsewhere one statement each."""
         added, self._added = self._added, []
-        for row in added:
-            await self._insert(row)
+        writes = [_Write.insert(row) for row in added]
         for row, written in self._loaded:
             changed = {
                 name: value
@@ -233,8 +239,15 @@ class DriverSession:
                 if value != written[name]
             }
             if changed:
-                await self._update(row, changed)
+                writes.append(_Write.update(row, changed))
                 written.update(changed)
+        if len(writes) > 1 and self._driver.writes_together:
+            await self._write_together(writes)
+        else:
+            for write in writes:
+                await self._write_one(write)
+        for write in writes[: len(added)]:  # the inserts come first
+            self._loaded.append((write.row, {**write.values, **write.generated_values()}))
 
     async def _fetch(
         self, statement: ClauseElement, params: dict[str, Any]
@@ -244,44 +257,32 @@ class DriverSession:
         raw = await self._query(compiled, compiled.arguments(params))
         return [compiled.row(values) for values in raw]
 
-    async def _insert(self, row: SQLModel) -> None:
-        table = _table(row)
-        values = {column.key: getattr(row, column.key) for column in table.columns}
-        generated = [column for column in table.primary_key.columns if values[column.key] is None]
-        for column in generated:
-            del values[column.key]
-        key = ("insert", table.name, tuple(values), tuple(c.key for c in generated))
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            statement = sa.insert(table).values(
-                {name: sa.bindparam(f"set_{name}") for name in values}
-            )
-            if generated:
-                statement = statement.returning(*generated)
-            compiled = self._compile(key, statement)
-        arguments = compiled.arguments({f"set_{name}": value for name, value in values.items()})
-        if generated:
+    async def _write_one(self, write: _Write) -> None:
+        compiled = self._compile(write.key, write.statement(""))
+        arguments = compiled.arguments(write.params(""))
+        if write.generated:
             (returned,) = await self._query(compiled, arguments)
-            for name, value in compiled.row(returned).items():
-                setattr(row, name, value)
+            write.set_generated(compiled.row(returned))
         else:
             await self._write(compiled, arguments)
-        self._loaded.append((row, {**values, **{c.key: getattr(row, c.key) for c in generated}}))
 
-    async def _update(self, row: SQLModel, changed: dict[str, Any]) -> None:
-        table = _table(row)
-        keys = {f"key_{column.key}": getattr(row, column.key) for column in table.primary_key}
-        key = ("update", table.name, tuple(changed))
+    async def _write_together(self, writes: list[_Write]) -> None:
+        """One round trip for a flush's writes on PostgreSQL, where each statement of a
+        transaction is one: `WITH w0 AS (UPDATE ...), w1 AS (INSERT ... RETURNING id) SELECT
+        (SELECT id FROM w1)`. A flush never writes one row twice, so the CTEs, which all see
+        the same snapshot, cannot conflict; each runs once and to completion."""
+        key = ("together", tuple(write.key for write in writes))
         compiled = self._compiled.get(key)
         if compiled is None:
-            statement = (
-                sa.update(table)
-                .where(*(c == sa.bindparam(f"key_{c.key}") for c in table.primary_key))
-                .values({name: sa.bindparam(f"set_{name}") for name in changed})
-            )
-            compiled = self._compile(key, statement)
-        values = {f"set_{name}": value for name, value in changed.items()}
-        await self._write(compiled, compiled.arguments({**values, **keys}))
+            compiled = self._compile(key, _together(writes))
+        params: dict[str, Any] = {}
+        for i, write in enumerate(writes):
+            params.update(write.params(f"w{i}_"))
+        (returned,) = await self._query(compiled, compiled.arguments(params))
+        values = compiled.row(returned)
+        for i, write in enumerate(writes):
+            if write.generated:
+                write.set_generated({name: values[f"w{i}_{name}"] for name in write.generated})
 
     async def _query(self, compiled: _Compiled, arguments: list[Any]) -> list[Sequence[Any]]:
         rows: list[Sequence[Any]] = await self._traced_call(
@@ -308,7 +309,8 @@ class DriverSession:
 
     def _compile(self, key: Any, statement: ClauseElement) -> _Compiled:
         """Compiled once per process and dialect: a module-level statement is its own key; a
-        flush's INSERT or UPDATE is keyed by its table and columns."""
+        flush's INSERT or UPDATE is keyed by its table and columns (`_Write.key`), its writes
+        together by theirs."""
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._compiled[key] = _Compiled.of(statement, self._dialect)
@@ -319,9 +321,75 @@ class DriverSession:
 _CACHE: dict[str, dict[Any, _Compiled]] = {}
 
 
-def _table(row: SQLModel) -> sa.Table:
-    table: sa.Table = sa.inspect(type(row)).local_table
-    return table
+@dataclass
+class _Write:
+    """One INSERT or UPDATE of a flush: `values` are the columns it sets, `generated` the
+    primary key columns the database fills in (an INSERT's autoincrement key)."""
+
+    row: SQLModel
+    table: sa.Table
+    values: dict[str, Any]
+    generated: tuple[str, ...] = ()
+    is_insert: bool = False
+
+    @classmethod
+    def insert(cls, row: SQLModel) -> _Write:
+        table: sa.Table = sa.inspect(type(row)).local_table
+        values = {column.key: getattr(row, column.key) for column in table.columns}
+        generated = tuple(c.key for c in table.primary_key.columns if values[c.key] is None)
+        for name in generated:
+            del values[name]
+        return cls(row, table, values, generated, is_insert=True)
+
+    @classmethod
+    def update(cls, row: SQLModel, changed: dict[str, Any]) -> _Write:
+        return cls(row, sa.inspect(type(row)).local_table, changed)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.is_insert, self.table.name, tuple(self.values), self.generated)
+
+    def statement(self, prefix: str) -> sa.Insert | sa.Update:
+        """The statement, its bind parameters named `{prefix}set_*` and `{prefix}key_*`."""
+        sets: dict[str, Any] = {name: sa.bindparam(f"{prefix}set_{name}") for name in self.values}
+        if self.is_insert:
+            insert = sa.insert(self.table).values(sets)
+            if self.generated:
+                insert = insert.returning(*(self.table.c[name] for name in self.generated))
+            return insert
+        keys = self.table.primary_key
+        return (
+            sa.update(self.table)
+            .where(*(c == sa.bindparam(f"{prefix}key_{c.key}") for c in keys))
+            .values(sets)
+        )
+
+    def params(self, prefix: str) -> dict[str, Any]:
+        params = {f"{prefix}set_{name}": value for name, value in self.values.items()}
+        if not self.is_insert:
+            for column in self.table.primary_key:
+                params[f"{prefix}key_{column.key}"] = getattr(self.row, column.key)
+        return params
+
+    def generated_values(self) -> dict[str, Any]:
+        return {name: getattr(self.row, name) for name in self.generated}
+
+    def set_generated(self, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            setattr(self.row, name, value)
+
+
+def _together(writes: list[_Write]) -> sa.Select[Any]:
+    """Writes as the CTEs of one SELECT that returns their generated keys (`w{i}_{column}`)."""
+    ctes = [write.statement(f"w{i}_").cte(f"w{i}") for i, write in enumerate(writes)]
+    returned: list[sa.ColumnElement[Any]] = [
+        sa.select(cte.c[name]).scalar_subquery().label(f"w{i}_{name}")
+        for i, (write, cte) in enumerate(zip(writes, ctes, strict=True))
+        for name in write.generated
+    ]
+    # A CTE no SELECT reads is rendered only if added; PostgreSQL runs it all the same.
+    unread = [cte for cte, write in zip(ctes, writes, strict=True) if not write.generated]
+    return sa.select(*(returned or [sa.literal_column("1")])).add_cte(*unread)
 
 
 def _is_disconnect(error: BaseException) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import DBAPIError
@@ -95,6 +96,42 @@ async def test_changes_and_new_rows_on_the_driver_read_back_the_same_through_the
     assert (step.kind, step.status, step.seq) == ("sleep", "running", 1)
     assert stored_outbox.message_id == "m1"
     assert stored_outbox.created_at == later
+
+
+async def test_a_flush_with_several_writes_is_one_statement_on_postgresql(
+    database: Database, backend: Backend
+) -> None:
+    await add_instance(database)
+    async with database.driver_transaction() as session:
+        sent: list[str] = []
+        connection = session._driver
+        for name in ("fetch", "execute", "write"):
+            call = getattr(connection, name)
+
+            async def counted(sql: str, arguments: list[object], call: Any = call) -> Any:
+                sent.append(sql)
+                return await call(sql, arguments)
+
+            setattr(connection, name, counted)
+        instance = await driver.lock_instance(session, "i1")
+        assert instance is not None
+        instance.status = "waiting"
+        first = OutboxRow(message_id="m1", workflow="w", body="{}", created_at=MOMENT)
+        second = OutboxRow(message_id="m2", workflow="w", body="{}", created_at=MOMENT)
+        session.add(first)
+        session.add(second)
+        sent.clear()
+        await session.flush()
+    # SQLite queues the three writes for its next hop; PostgreSQL sends them as one statement.
+    assert len(sent) == (1 if backend.name == "postgres" else 3)
+    assert first.id is not None and second.id is not None and first.id != second.id
+    async with database.read() as orm:
+        stored = await orm.get(InstanceRow, "i1")
+        stored_first = await orm.get(OutboxRow, first.id)
+        stored_second = await orm.get(OutboxRow, second.id)
+    assert stored is not None and stored.status == "waiting"
+    assert stored_first is not None and stored_first.message_id == "m1"
+    assert stored_second is not None and stored_second.message_id == "m2"
 
 
 async def test_a_changed_row_is_written_before_the_next_statement(database: Database) -> None:
