@@ -71,16 +71,13 @@ async def orm_step(database: Database, attempt: int) -> None:
 
 async def warren_step(database: Database, attempt: int) -> None:
     async with database.driver_transaction() as session:
-        instance = await driver.lock_instance(session, INSTANCE)
-        assert instance is not None
-        steps = await driver.load_steps(session, INSTANCE)
+        instance = (await driver.lock_instances(session, [INSTANCE]))[INSTANCE]
+        steps = (await driver.load_steps_of(session, [INSTANCE]))[INSTANCE]
         instance.updated_at, instance.run_due_at = now(), None
         steps[-1].attempt, steps[-1].status, steps[-1].claimed_by = attempt, "running", "w"
     async with database.driver_transaction() as session:
-        instance = await driver.lock_instance(session, INSTANCE)
-        assert instance is not None
-        step = await driver.get_step(session, INSTANCE, LAST)
-        assert step is not None
+        instance = (await driver.lock_instances(session, [INSTANCE]))[INSTANCE]
+        step = (await driver.get_steps(session, [(INSTANCE, LAST)]))[(INSTANCE, LAST)]
         step.status, step.output = "complete", {"attempt": attempt}
         instance.updated_at, instance.compute_ms = now(), instance.compute_ms + 1
         queries.add_run_message(session, instance, now())

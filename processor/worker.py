@@ -108,6 +108,7 @@ class Worker:
         self._subscriptions: list[tuple[AbstractQueue, OnMessage]] = []
         self._consumer_tags: list[tuple[AbstractQueue, str]] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        self._runs: RunConsumer | None = None
         self._background: list[asyncio.Task[None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._is_consuming = False
@@ -196,7 +197,7 @@ class Worker:
         topology = runtime.topology
         ingress = IngressConsumer(runtime)
         self._subscribe(await topology.declare_ingress_queue(channel), ingress.handle)
-        runs = RunConsumer(runtime, self.registry, self.claimant, self._executor)
+        runs = self._runs = RunConsumer(runtime, self.registry, self.claimant, self._executor)
         for name in sorted(self.registry):
             queue = await topology.declare_run_queue(channel, name)
             self._subscribe(queue, functools.partial(runs.handle, name))
@@ -291,6 +292,8 @@ class Worker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        if self._runs is not None:  # outcomes whose recording has begun are recorded
+            await self._runs.aclose()
         # Only now: while it drains, a worker beats, so nobody takes its attempts for lost.
         if self._heartbeat is not None:
             self._heartbeat.cancel()

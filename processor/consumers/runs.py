@@ -12,7 +12,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from processor.consumers.base import FollowUp
 from processor.consumers.decoding import decode
 from processor.engine.replay import Claimant
-from processor.engine.rounds import replay_round, run_claimed
+from processor.engine.rounds import outcome_recorder, round_runner, run_claimed
 from processor.runtime import Runtime
 from processor.store import queries
 from processor.workflow import Workflow
@@ -34,6 +34,8 @@ class RunConsumer:
         self.registry = registry
         self.claimant = claimant
         self.executor = executor
+        self.rounds = round_runner(runtime, registry, claimant)
+        self.recorder = outcome_recorder(runtime)
 
     async def handle(self, workflow: str, message: AbstractIncomingMessage) -> FollowUp | None:
         """Replay the instance and commit its claims; running the claimed attempts is the
@@ -49,9 +51,14 @@ class RunConsumer:
                 workflow, message.body, queries.new_message_id(), command.wake_at
             )
             return None
-        work = await self.runtime.database.retry(
-            lambda: replay_round(self.runtime, self.registry, command.instance_id, self.claimant)
-        )
+        work = await self.runtime.database.retry(lambda: self.rounds.submit(command.instance_id))
         if work is None:
             return None
-        return functools.partial(run_claimed, self.runtime, work, self.claimant, self.executor)
+        return functools.partial(
+            run_claimed, self.runtime, work, self.claimant, self.executor, self.recorder
+        )
+
+    async def aclose(self) -> None:
+        """Wait for the rounds and outcome records under way (see `Batcher.aclose`)."""
+        await self.rounds.aclose()
+        await self.recorder.aclose()

@@ -8,6 +8,7 @@ and the step's attempt and claim) keeps a late or stale attempt from recording a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import Executor
@@ -17,14 +18,16 @@ from datetime import timedelta
 from typing import Any
 
 from opentelemetry import context
+from opentelemetry.trace import Span
 
 from processor.engine.attempts import AttemptOutcome, claim, is_current, record_outcome, run_attempt
+from processor.engine.batching import Batcher
 from processor.engine.replay import WORKER_STALE, Claimant, PendingAttempt, Replay, ReplayResult
 from processor.failpoints import crash_point
 from processor.runtime import Runtime, Tx
 from processor.store import driver
 from processor.store.driver import DriverSession
-from processor.store.tables import InstanceRow
+from processor.store.tables import InstanceRow, StepRow
 from processor.telemetry.logs import log_context
 from processor.telemetry.metrics import get_metrics
 from processor.telemetry.tracing import (
@@ -39,6 +42,11 @@ from processor.workflow import Workflow
 from schemas import TERMINAL_STATUSES, InstanceStatusName, StepStatusName
 
 log = logging.getLogger("warren.rounds")
+
+#: Transactions of recorded outcomes under way at once, and attempts one may record (see
+#: batching.py): two, so the worker prepares one batch while the other waits on the database.
+BATCH_SLOTS = 2
+MAX_BATCH = 32
 
 
 @dataclass
@@ -66,58 +74,91 @@ class RecordedOutcome:
     retry_delay: timedelta | None = None
 
 
-async def replay_round(
+#: Advances instances: `replay_rounds` on batches of instance ids.
+RoundRunner = Batcher[str, ClaimedWork | None]
+
+
+def round_runner(
+    runtime: Runtime, registry: dict[str, type[Workflow[Any]]], claimant: Claimant
+) -> RoundRunner:
+    return Batcher(
+        functools.partial(replay_rounds, runtime, registry, claimant),
+        slots=BATCH_SLOTS,
+        max_size=MAX_BATCH,
+    )
+
+
+async def replay_rounds(
     runtime: Runtime,
     registry: dict[str, type[Workflow[Any]]],
-    instance_id: str,
     claimant: Claimant,
-) -> ClaimedWork | None:
-    """Replay the instance and commit its new state; returns the attempts it claimed.
+    instance_ids: list[str],
+) -> list[ClaimedWork | None]:
+    """Replay the instances and commit their new state in one transaction; returns the
+    attempts each claimed (an instance named twice gets one round, and None the second time).
 
-    The round is a span (`run {workflow}`) in the instance's trace, open until its commit and
-    publishes are done; the waits it saw end get spans of their own once committed.
+    Each round is a span (`run {workflow}`) in its instance's trace, open until the commit
+    and publishes are done; the waits it saw end get spans of their own once committed.
     """
     claimed: list[tuple[str, int, str, int]] = []
     try:
-        return await _replay_round(runtime, registry, instance_id, claimant, claimed)
+        works = await _replay_rounds(runtime, registry, claimant, instance_ids, claimed)
     except BaseException:
         claimant.running.difference_update(claimed)  # the claims did not commit
         raise
+    return [works.pop(instance_id, None) for instance_id in instance_ids]
 
 
-async def _replay_round(
+async def _replay_rounds(
     runtime: Runtime,
     registry: dict[str, type[Workflow[Any]]],
-    instance_id: str,
     claimant: Claimant,
+    instance_ids: list[str],
     claimed: list[tuple[str, int, str, int]],
-) -> ClaimedWork | None:
+) -> dict[str, ClaimedWork]:
+    works: dict[str, ClaimedWork] = {}
+    ended: list[tuple[InstanceRow, Span, ReplayResult, ClaimedWork | None]] = []
     with ExitStack() as scope:
         async with runtime.step_transaction() as tx:
-            instance = await driver.lock_instance(tx.session, instance_id)
-            if instance is None or instance.workflow not in registry:
-                return None
-            workflow = instance.workflow
-            scope.enter_context(log_context(instance_id=instance_id, workflow=workflow))
-            span = scope.enter_context(
-                instance_span(
-                    f"run {workflow}",
-                    instance_id=instance_id,
-                    workflow=workflow,
-                    parent=instance_parent(instance.traceparent),
-                )
+            locked = await driver.lock_instances(tx.session, instance_ids)
+            instances = [row for row in locked.values() if row.workflow in registry]
+            steps = await driver.load_steps_of(
+                tx.session, [row.id for row in instances if _is_advancing(row)]
             )
-            result, work = await _advance(tx, instance, registry[workflow], claimant)
-            if work is not None:
-                # Before the commit: a round of a copy of this run message, or of an event,
-                # waiting for the instance lock must find them running, not lost.
-                claimed.extend(work.attempt_keys())
-                claimant.running.update(claimed)
-        if result is not None:
+            for instance in instances:
+                workflow = instance.workflow
+                # Each round's span is the current one while it replays, so the spans of its
+                # attempts are its children; the commit's SQL spans go under the last one.
+                scope.enter_context(log_context(instance_id=instance.id, workflow=workflow))
+                span = scope.enter_context(
+                    instance_span(
+                        f"run {workflow}",
+                        instance_id=instance.id,
+                        workflow=workflow,
+                        parent=instance_parent(instance.traceparent),
+                    )
+                )
+                result, work = await _advance(
+                    tx, instance, steps.get(instance.id, []), registry[workflow], claimant
+                )
+                if work is not None:
+                    # Before the commit: a round of a copy of this run message, or of an
+                    # event, waiting for the instance lock must find them running, not lost.
+                    claimed.extend(work.attempt_keys())
+                    claimant.running.update(work.attempt_keys())
+                    works[instance.id] = work
+                if result is not None:
+                    ended.append((instance, span, result, work))
+        for instance, span, result, work in ended:
             span.set_attribute("warren.outcome", result.outcome)
             span.set_attribute("warren.attempts_claimed", len(work.attempts) if work else 0)
             _record_ended_waits(instance, result)
-    return work
+    return works
+
+
+def _is_advancing(instance: InstanceRow) -> bool:
+    """Not finished, not paused: a round replays it."""
+    return instance.status not in TERMINAL_STATUSES and instance.status != InstanceStatusName.PAUSED
 
 
 def _record_ended_waits(instance: InstanceRow, result: ReplayResult) -> None:
@@ -143,17 +184,18 @@ def _record_ended_waits(instance: InstanceRow, result: ReplayResult) -> None:
 
 
 async def _advance(
-    tx: Tx[DriverSession], instance: InstanceRow, workflow: type[Workflow[Any]], claimant: Claimant
+    tx: Tx[DriverSession],
+    instance: InstanceRow,
+    steps: list[StepRow],
+    workflow: type[Workflow[Any]],
+    claimant: Claimant,
 ) -> tuple[ReplayResult | None, ClaimedWork | None]:
     """The round's work inside its transaction: replay, then apply what the replay decided.
     Returns the replay's result (None if there was nothing to replay) and the claimed work."""
     instance_id = instance.id
-    if instance.status in TERMINAL_STATUSES or instance.status == InstanceStatusName.PAUSED:
-        instance.run_due_at = None  # this is the round that was owed
-        return None, None  # resume publishes a run message of its own
-    steps = await driver.load_steps(tx.session, instance_id)
-    # After the query: set before it, it would be written by an UPDATE of its own (autoflush).
     instance.run_due_at = None  # this is the round that was owed
+    if not _is_advancing(instance):
+        return None, None  # resume publishes a run message of its own
     # None: every worker counts as alive (see Claimant.trusts_heartbeats).
     live_workers: frozenset[str] | None = None
     if claimant.trusts_heartbeats(tx.now) and any(
@@ -199,13 +241,37 @@ async def _advance(
     )
 
 
+@dataclass(frozen=True)
+class AttemptEnded:
+    """An attempt's outcome, to be recorded (with others that end meanwhile, see batching.py)."""
+
+    work: ClaimedWork
+    pending: PendingAttempt
+    outcome: AttemptOutcome
+    worker_id: str
+
+
+#: Records ended attempts: `record_outcomes` on batches of them.
+OutcomeRecorder = Batcher[AttemptEnded, RecordedOutcome | None]
+
+
+def outcome_recorder(runtime: Runtime) -> OutcomeRecorder:
+    return Batcher(
+        functools.partial(record_outcomes, runtime), slots=BATCH_SLOTS, max_size=MAX_BATCH
+    )
+
+
 async def run_claimed(
-    runtime: Runtime, work: ClaimedWork, claimant: Claimant, executor: Executor
+    runtime: Runtime,
+    work: ClaimedWork,
+    claimant: Claimant,
+    executor: Executor,
+    recorder: OutcomeRecorder,
 ) -> None:
     """Run the claimed attempts concurrently, recording each outcome as soon as it is known,
     so a fast step's result (and lease) never waits for a slow sibling.
 
-    The attempts are in `claimant.running` from before their claim's commit (`replay_round`)
+    The attempts are in `claimant.running` from before their claim's commit (`replay_rounds`)
     on, so a copy of the run message meanwhile finds them alive in this process.
     """
 
@@ -226,10 +292,10 @@ async def run_claimed(
                 metrics.step_started(work.workflow)
                 outcome = await run_attempt(pending, executor)
                 crash_point("mid_step")
+                ended = AttemptEnded(work, pending, outcome, claimant.worker_id)
                 # The outcome lives only in this process until recorded: wait out any outage.
                 recorded = await runtime.database.retry(
-                    lambda: _record_outcome(runtime, work, pending, outcome, claimant.worker_id),
-                    patience_s=None,
+                    lambda: recorder.submit(ended), patience_s=None
                 )
                 if recorded is None:  # fenced off: the outcome as the body saw it
                     span.span.set_attribute("warren.fenced", True)
@@ -253,39 +319,58 @@ async def run_claimed(
             log.error("recording a step outcome of %s failed", work.instance_id, exc_info=error)
 
 
-async def _record_outcome(
-    runtime: Runtime,
-    work: ClaimedWork,
-    pending: PendingAttempt,
-    outcome: AttemptOutcome,
-    worker_id: str,
-) -> RecordedOutcome | None:
-    """Record the attempt's outcome; None if it was fenced off and recorded nothing."""
+async def record_outcomes(
+    runtime: Runtime, batch: list[AttemptEnded]
+) -> list[RecordedOutcome | None]:
+    """Record the attempts' outcomes in one transaction; None for one fenced off, which
+    recorded nothing."""
     async with runtime.step_transaction() as tx:
-        instance = await driver.lock_instance(tx.session, work.instance_id)
-        if instance is None:
-            return None
-        # Read before the instance changes: a change is written before the next statement
-        # (autoflush), and this way all of the instance's go in one UPDATE at the commit.
-        row = await driver.get_step(tx.session, work.instance_id, pending.step.key)
-        # The compute was spent whether or not the result still counts.
-        instance.compute_ms += outcome.duration_s * 1000
-        instance.cpu_ms += outcome.cpu_s * 1000
-        if instance.generation != work.generation or instance.status in TERMINAL_STATUSES:
-            return None  # terminated or restarted meanwhile: this attempt's result is void
-        if row is None or not is_current(row, pending, worker_id):
-            return None  # a newer attempt took over (this one was presumed lost)
-        retry_at = record_outcome(row, pending, outcome, tx.now)
-        instance.updated_at = tx.now
-        if retry_at is None:
-            tx.emit_run(instance)  # the step is done: the next round goes on from it
-            return RecordedOutcome("completed" if outcome.error is None else "failed")
-        tx.emit_run(instance, wake_at=retry_at)
-        if await driver.count_running_steps(tx.session, work.instance_id) == 0:
-            # Nothing runs during the back-off: a pause asked for meanwhile takes effect now.
-            if instance.pause_requested:
-                instance.pause_requested = False
-                instance.status = InstanceStatusName.PAUSED.value
-            elif instance.status == InstanceStatusName.RUNNING:
-                instance.status = InstanceStatusName.WAITING.value
-        return RecordedOutcome("retried", retry_at - tx.now)
+        instances = await driver.lock_instances(
+            tx.session, [ended.work.instance_id for ended in batch]
+        )
+        # Read before the instances change: a change is written before the next statement
+        # (autoflush), and this way all of an instance's go in one UPDATE at the commit.
+        steps = await driver.get_steps(
+            tx.session, [(ended.work.instance_id, ended.pending.step.key) for ended in batch]
+        )
+        return [
+            await _record_outcome(
+                tx,
+                instances.get(ended.work.instance_id),
+                steps.get((ended.work.instance_id, ended.pending.step.key)),
+                ended,
+            )
+            for ended in batch
+        ]
+
+
+async def _record_outcome(
+    tx: Tx[DriverSession],
+    instance: InstanceRow | None,
+    row: StepRow | None,
+    ended: AttemptEnded,
+) -> RecordedOutcome | None:
+    work, pending, outcome = ended.work, ended.pending, ended.outcome
+    if instance is None:
+        return None
+    # The compute was spent whether or not the result still counts.
+    instance.compute_ms += outcome.duration_s * 1000
+    instance.cpu_ms += outcome.cpu_s * 1000
+    if instance.generation != work.generation or instance.status in TERMINAL_STATUSES:
+        return None  # terminated or restarted meanwhile: this attempt's result is void
+    if row is None or not is_current(row, pending, ended.worker_id):
+        return None  # a newer attempt took over (this one was presumed lost)
+    retry_at = record_outcome(row, pending, outcome, tx.now)
+    instance.updated_at = tx.now
+    if retry_at is None:
+        tx.emit_run(instance)  # the step is done: the next round goes on from it
+        return RecordedOutcome("completed" if outcome.error is None else "failed")
+    tx.emit_run(instance, wake_at=retry_at)
+    if await driver.count_running_steps(tx.session, work.instance_id) == 0:
+        # Nothing runs during the back-off: a pause asked for meanwhile takes effect now.
+        if instance.pause_requested:
+            instance.pause_requested = False
+            instance.status = InstanceStatusName.PAUSED.value
+        elif instance.status == InstanceStatusName.RUNNING:
+            instance.status = InstanceStatusName.WAITING.value
+    return RecordedOutcome("retried", retry_at - tx.now)

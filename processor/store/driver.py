@@ -15,6 +15,7 @@ and changed or added rows are written before each statement (autoflush) and at c
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ from processor.store.tables import EventRow, InstanceRow, StepRow, WorkerRow
 from processor.telemetry.tracing import is_tracing, sql_span
 
 M = TypeVar("M", bound=SQLModel)
+T = TypeVar("T")
 Processor = Callable[[Any], Any] | None
 
 
@@ -447,18 +449,6 @@ def _wrapped(error: Exception) -> Exception:
 # The per-step path's queries; their ORM twins in queries.py serve everyone else. Bind
 # parameters are named `the_*`: SQLAlchemy reserves a column's own name for its SET value.
 
-_LOCK_INSTANCE = (
-    select(InstanceRow).where(col(InstanceRow.id) == sa.bindparam("the_instance")).with_for_update()
-)
-_LOAD_STEPS = (
-    select(StepRow)
-    .where(col(StepRow.instance_id) == sa.bindparam("the_instance"))
-    .order_by(col(StepRow.seq))
-)
-_GET_STEP = select(StepRow).where(
-    col(StepRow.instance_id) == sa.bindparam("the_instance"),
-    col(StepRow.key) == sa.bindparam("the_key"),
-)
 _LIVE_WORKERS = select(WorkerRow.id).where(col(WorkerRow.heartbeat_at) >= sa.bindparam("the_time"))
 _COUNT_RUNNING = (
     select(sa.func.count())
@@ -482,18 +472,81 @@ _BUFFERED_EVENTS = (
 )
 
 
-async def lock_instance(session: DriverSession, instance_id: str) -> InstanceRow | None:
-    """The instance row, locked until the transaction ends (SQLite: the whole database is)."""
-    return await session.first(InstanceRow, _LOCK_INSTANCE, the_instance=instance_id)
+async def lock_instances(
+    session: DriverSession, instance_ids: Sequence[str]
+) -> dict[str, InstanceRow]:
+    """The rows of the instances that exist, by id, locked until the transaction ends (SQLite:
+    the whole database is); in the order of their ids, so that two transactions locking
+    overlapping sets cannot deadlock."""
+    ids = _padded(sorted(set(instance_ids)))
+    params = {f"the_instance_{i}": instance_id for i, instance_id in enumerate(ids)}
+    rows = await session.rows(InstanceRow, _lock_instances(len(ids)), **params)
+    return {row.id: row for row in rows}
 
 
-async def load_steps(session: DriverSession, instance_id: str) -> list[StepRow]:
-    """All recorded steps of an instance: one query per replay."""
-    return await session.rows(StepRow, _LOAD_STEPS, the_instance=instance_id)
+async def get_steps(
+    session: DriverSession, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], StepRow]:
+    """The steps that exist of the given (instance id, step key) pairs."""
+    padded = _padded(sorted(set(keys)))
+    params: dict[str, str] = {}
+    for i, (instance_id, key) in enumerate(padded):
+        params[f"the_instance_{i}"] = instance_id
+        params[f"the_key_{i}"] = key
+    rows = await session.rows(StepRow, _get_steps(len(padded)), **params)
+    return {(row.instance_id, row.key): row for row in rows}
 
 
-async def get_step(session: DriverSession, instance_id: str, key: str) -> StepRow | None:
-    return await session.first(StepRow, _GET_STEP, the_instance=instance_id, the_key=key)
+def _padded(values: list[T]) -> list[T]:
+    """`values` (not empty) padded with repeats of the last to a power of two: a statement of
+    many values is compiled (and prepared by asyncpg) once per size class, not per count."""
+    size = 1 << (len(values) - 1).bit_length()
+    return values + values[-1:] * (size - len(values))
+
+
+@functools.cache
+def _lock_instances(size: int) -> ClauseElement:
+    ids: list[Any] = [sa.bindparam(f"the_instance_{i}") for i in range(size)]
+    return (
+        select(InstanceRow)
+        .where(col(InstanceRow.id).in_(ids))
+        .order_by(col(InstanceRow.id))
+        .with_for_update()
+    )
+
+
+@functools.cache
+def _load_steps_of(size: int) -> ClauseElement:
+    ids: list[Any] = [sa.bindparam(f"the_instance_{i}") for i in range(size)]
+    return (
+        select(StepRow)
+        .where(col(StepRow.instance_id).in_(ids))
+        .order_by(col(StepRow.instance_id), col(StepRow.seq))
+    )
+
+
+@functools.cache
+def _get_steps(size: int) -> ClauseElement:
+    pairs = [
+        sa.tuple_(sa.bindparam(f"the_instance_{i}"), sa.bindparam(f"the_key_{i}"))
+        for i in range(size)
+    ]
+    return select(StepRow).where(sa.tuple_(col(StepRow.instance_id), col(StepRow.key)).in_(pairs))
+
+
+async def load_steps_of(
+    session: DriverSession, instance_ids: Sequence[str]
+) -> dict[str, list[StepRow]]:
+    """All recorded steps of each instance, in order, by instance id (none for an instance
+    with no steps): one query per batch of replays."""
+    if not instance_ids:
+        return {}
+    ids = _padded(sorted(set(instance_ids)))
+    params = {f"the_instance_{i}": instance_id for i, instance_id in enumerate(ids)}
+    steps: dict[str, list[StepRow]] = {}
+    for row in await session.rows(StepRow, _load_steps_of(len(ids)), **params):
+        steps.setdefault(row.instance_id, []).append(row)
+    return steps
 
 
 async def live_workers(session: DriverSession, since: datetime) -> frozenset[str]:

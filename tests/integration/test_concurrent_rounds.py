@@ -1,6 +1,7 @@
 """Two rounds of one instance on one worker at once (two run messages arrive together): the
-second must find the first's claimed attempts running, not lost, and a draining worker's
-attempts are not taken over while it still beats."""
+second must find the first's claimed attempts running, not lost; a draining worker's
+attempts are not taken over while it still beats; and rounds and outcomes that arrive
+together share transactions."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from processor import RetryPolicy, Workflow, WorkflowEvent, WorkflowStep
+from processor.store import driver
 from tests.conftest import TestEnv, assert_eventually
 
 RUNS: Counter[str] = Counter()
@@ -73,3 +77,46 @@ async def test_a_draining_worker_keeps_its_attempts(env: TestEnv) -> None:
 
 async def _ran(instance_id: str) -> bool:
     return RUNS[instance_id] > 0
+
+
+STEP_RUNS: Counter[tuple[str, int]] = Counter()
+
+
+async def tally(instance_id: str, index: int) -> int:
+    STEP_RUNS[(instance_id, index)] += 1
+    return index
+
+
+class FourSteps(Workflow):
+    name = "four-steps"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> int:
+        total = 0
+        for index in range(4):
+            total += await step.do(f"s{index}", tally, event.instance_id, index)
+        return total
+
+
+async def test_rounds_and_outcomes_that_arrive_together_share_transactions(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slow locks make messages pile up behind the busy transactions; they then go in
+    batches, and every instance still runs each step once, in order."""
+    batches: list[int] = []
+    lock_instances = driver.lock_instances
+
+    async def slow_lock(session: Any, instance_ids: Any) -> Any:
+        batches.append(len(set(instance_ids)))
+        await asyncio.sleep(0.05)
+        return await lock_instances(session, instance_ids)
+
+    monkeypatch.setattr(driver, "lock_instances", slow_lock)
+    await env.start_worker(FourSteps, concurrency=30)
+    instances = await asyncio.gather(*(env.client.create(FourSteps) for _ in range(30)))
+    for instance in instances:
+        assert await instance.result(timeout=60) == 6
+        assert [STEP_RUNS[(instance.id, index)] for index in range(4)] == [1, 1, 1, 1]
+    assert max(batches) > 1
+    # 30 instances x (5 rounds + 4 outcomes), in fewer transactions than that.
+    assert sum(batches) >= 30 * 9
+    assert len(batches) < 30 * 9

@@ -50,8 +50,8 @@ async def test_rows_written_by_the_orm_read_back_the_same_on_the_driver(
 ) -> None:
     await add_instance(database)
     async with database.driver_transaction() as session:
-        instance = await driver.lock_instance(session, "i1")
-        steps = await driver.load_steps(session, "i1")
+        instance = (await driver.lock_instances(session, ["i1"])).get("i1")
+        steps = (await driver.load_steps_of(session, ["i1"]))["i1"]
     assert instance is not None
     assert instance.params == {"nested": [1, "two", None], "flag": True}
     assert instance.created_at == MOMENT
@@ -69,7 +69,7 @@ async def test_changes_and_new_rows_on_the_driver_read_back_the_same_through_the
     await add_instance(database)
     later = MOMENT + timedelta(seconds=90)
     async with database.driver_transaction() as session:
-        instance = await driver.lock_instance(session, "i1")
+        instance = (await driver.lock_instances(session, ["i1"])).get("i1")
         assert instance is not None
         instance.output = {"total": 3, "items": ["x"]}
         instance.pause_requested = True
@@ -113,7 +113,7 @@ async def test_a_flush_with_several_writes_is_one_statement_on_postgresql(
                 return await call(sql, arguments)
 
             setattr(connection, name, counted)
-        instance = await driver.lock_instance(session, "i1")
+        instance = (await driver.lock_instances(session, ["i1"])).get("i1")
         assert instance is not None
         instance.status = "waiting"
         first = OutboxRow(message_id="m1", workflow="w", body="{}", created_at=MOMENT)
@@ -124,20 +124,25 @@ async def test_a_flush_with_several_writes_is_one_statement_on_postgresql(
         await session.flush()
     # SQLite queues the three writes for its next hop; PostgreSQL sends them as one statement.
     assert len(sent) == (1 if backend.name == "postgres" else 3)
-    assert first.id is not None and second.id is not None and first.id != second.id
+    assert first.id is not None
+    assert second.id is not None
+    assert first.id != second.id
     async with database.read() as orm:
         stored = await orm.get(InstanceRow, "i1")
         stored_first = await orm.get(OutboxRow, first.id)
         stored_second = await orm.get(OutboxRow, second.id)
-    assert stored is not None and stored.status == "waiting"
-    assert stored_first is not None and stored_first.message_id == "m1"
-    assert stored_second is not None and stored_second.message_id == "m2"
+    assert stored is not None
+    assert stored.status == "waiting"
+    assert stored_first is not None
+    assert stored_first.message_id == "m1"
+    assert stored_second is not None
+    assert stored_second.message_id == "m2"
 
 
 async def test_a_changed_row_is_written_before_the_next_statement(database: Database) -> None:
     await add_instance(database)
     async with database.driver_transaction() as session:
-        (step,) = await driver.load_steps(session, "i1")
+        (step,) = (await driver.load_steps_of(session, ["i1"]))["i1"]
         step.wake_at = MOMENT
         # The bulk UPDATE must come after the change, as the ORM's autoflush orders them.
         await driver.clear_wakeups(session, "i1")
@@ -149,7 +154,7 @@ async def test_a_changed_row_is_written_before_the_next_statement(database: Data
 
 async def complete_and_add_a_duplicate_step(database: Database) -> None:
     async with database.driver_transaction() as session:
-        instance = await driver.lock_instance(session, "i1")
+        instance = (await driver.lock_instances(session, ["i1"])).get("i1")
         assert instance is not None
         instance.status = "complete"
         # The same primary key twice: the driver's integrity error, wrapped.
@@ -166,14 +171,14 @@ async def test_a_failed_transaction_writes_nothing_and_the_pool_still_works(
         await complete_and_add_a_duplicate_step(database)
     assert not is_transient(raised.value)  # retrying cannot help
     async with database.driver_transaction() as session:
-        instance = await driver.lock_instance(session, "i1")
+        instance = (await driver.lock_instances(session, ["i1"])).get("i1")
     assert instance is not None
     assert instance.status == "running"
 
 
 async def error_after_a_flush(database: Database) -> None:
     async with database.driver_transaction() as session:
-        instance = await driver.lock_instance(session, "i1")
+        instance = (await driver.lock_instances(session, ["i1"])).get("i1")
         assert instance is not None
         instance.status = "errored"
         await session.flush()

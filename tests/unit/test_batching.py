@@ -1,0 +1,102 @@
+"""The group-commit batcher (engine/batching.py): alone when idle, together when busy, and one
+bad item never fails its neighbours."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from processor.engine.batching import Batcher
+
+
+class Recorder:
+    """A batch function that records each batch it gets and can be held and made to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.bad: set[int] = set()
+
+    async def run(self, items: list[int]) -> list[int]:
+        self.batches.append(items)
+        await self.release.wait()
+        if self.bad & set(items):
+            raise ValueError(f"bad items {sorted(self.bad & set(items))}")
+        return [item * 10 for item in items]
+
+
+async def test_an_item_submitted_to_an_idle_batcher_runs_alone_at_once() -> None:
+    recorder = Recorder()
+    batcher = Batcher(recorder.run, slots=2, max_size=8)
+
+    assert await batcher.submit(1) == 10
+    assert recorder.batches == [[1]]
+
+
+async def test_items_that_arrive_while_every_slot_is_busy_share_the_next_batch() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = Batcher(recorder.run, slots=1, max_size=3)
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.01)  # the first batch is under way, held
+    waiting = [asyncio.create_task(batcher.submit(item)) for item in (2, 3, 4, 5)]
+    await asyncio.sleep(0.01)
+    recorder.release.set()
+
+    assert await asyncio.gather(first, *waiting) == [10, 20, 30, 40, 50]
+    assert recorder.batches == [[1], [2, 3, 4], [5]]  # at most max_size each, in order
+
+
+async def test_a_failing_batch_runs_again_item_by_item_so_only_the_bad_item_fails() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    recorder.bad = {3}
+    batcher = Batcher(recorder.run, slots=1, max_size=8)
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.01)
+    waiting = [asyncio.create_task(batcher.submit(item)) for item in (2, 3, 4)]
+    await asyncio.sleep(0.01)
+    recorder.release.set()
+
+    assert await first == 10
+    assert await waiting[0] == 20
+    with pytest.raises(ValueError, match=r"bad items \[3\]"):
+        await waiting[1]
+    assert await waiting[2] == 40
+    assert recorder.batches == [[1], [2, 3, 4], [2], [3], [4]]
+
+
+async def test_a_submitter_cancelled_before_its_batch_starts_is_left_out() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = Batcher(recorder.run, slots=1, max_size=8)
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.01)
+    gone = asyncio.create_task(batcher.submit(2))
+    kept = asyncio.create_task(batcher.submit(3))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    recorder.release.set()
+
+    assert await first == 10
+    assert await kept == 30
+    assert gone.cancelled()
+    assert recorder.batches == [[1], [3]]
+
+
+async def test_aclose_waits_for_a_batch_whose_submitter_is_gone() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = Batcher(recorder.run, slots=1, max_size=8)
+    submitter = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.01)
+    submitter.cancel()
+    closing = asyncio.create_task(batcher.aclose())
+    await asyncio.sleep(0.01)
+    assert not closing.done()  # the batch under way is still held
+
+    recorder.release.set()
+    await asyncio.wait_for(closing, 1)
+    assert recorder.batches == [[1]]
