@@ -42,7 +42,7 @@ from processor.retry import (
 from processor.step import ReceivedEvent, WorkflowStep
 from processor.store import driver
 from processor.store.driver import DriverSession
-from processor.store.tables import EventRow, InstanceRow, StepRow
+from processor.store.tables import EventRow, InstanceRow, StepRow, new_row
 from processor.telemetry.tracing import WaitKind
 from processor.workflow import Workflow, WorkflowEvent
 from schemas import ErrorInfo, StepKind, StepStatusName
@@ -293,7 +293,8 @@ class Replay:
                     "the workflow's code changed under a running instance"
                 )
             return row, False
-        row = StepRow(
+        row = new_row(
+            StepRow,
             instance_id=self.instance.id,
             key=key,
             generation=self.instance.generation,

@@ -22,6 +22,7 @@ from processor.store.tables import (
     UTCDateTime,
     WorkerRow,
     WorkflowRow,
+    new_row,
 )
 from schemas import RunInstance
 
@@ -103,7 +104,8 @@ def add_run_message(
 ) -> OutboxRow:
     """Record a run message for the instance in the outbox of the current transaction."""
     body = RunInstance(instance_id=instance.id, wake_at=wake_at).model_dump_json(exclude_none=True)
-    row = OutboxRow(
+    row = new_row(
+        OutboxRow,
         message_id=new_message_id(),
         workflow=instance.workflow,
         body=body,

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from processor.store import driver
 from processor.store.database import Database, is_transient
-from processor.store.tables import InstanceRow, OutboxRow, StepRow
+from processor.store.tables import InstanceRow, OutboxRow, StepRow, new_row
 from tests.conftest import Backend
 
 MOMENT = datetime(2026, 11, 27, 23, 59, 58, 123456, tzinfo=UTC)
@@ -137,6 +137,24 @@ async def test_a_flush_with_several_writes_is_one_statement_on_postgresql(
     assert stored_first.message_id == "m1"
     assert stored_second is not None
     assert stored_second.message_id == "m2"
+
+
+async def test_rows_built_without_init_are_written_as_built_ones_by_the_orm_and_the_driver(
+    database: Database,
+) -> None:
+    await add_instance(database)
+    fields = {"instance_id": "i1", "seq": 1, "name": "n", "kind": "do", "status": "running"}
+    built = StepRow(key="by-init", **fields)
+    assert new_row(StepRow, key="by-init", **fields).model_dump() == built.model_dump()
+    async with database.transaction() as orm:
+        orm.add(new_row(StepRow, key="orm", **fields))
+    async with database.driver_transaction() as session:
+        session.add(new_row(StepRow, key="driver", **fields))
+    async with database.read() as orm:
+        stored = [await orm.get(StepRow, ("i1", key)) for key in ("orm", "driver")]
+    for row in stored:
+        assert row is not None
+        assert row.model_dump(exclude={"key"}) == built.model_dump(exclude={"key"})
 
 
 async def test_a_changed_row_is_written_before_the_next_statement(database: Database) -> None:
