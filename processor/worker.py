@@ -227,7 +227,10 @@ class Worker:
             # Prefetch is per queue (quorum queues have no channel-wide QoS): the semaphore
             # makes `concurrency` a limit for the whole worker.
             try:
-                async with asyncio.timeout(SLOT_WAIT_S):
+                if self._slots.locked():  # a timer only when it may wait (2% of the CPU)
+                    async with asyncio.timeout(SLOT_WAIT_S):
+                        await self._slots.acquire()
+                else:
                     await self._slots.acquire()
             except TimeoutError:
                 # Every slot is busy with long steps: an unacked delivery held much longer

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from processor import RetryPolicy, Workflow, WorkflowEvent, WorkflowStep
+from processor import worker as worker_module
 from processor.store import driver
 from tests.conftest import TestEnv, assert_eventually
 
@@ -120,3 +121,34 @@ async def test_rounds_and_outcomes_that_arrive_together_share_transactions(
     # 30 instances x (5 rounds + 4 outcomes), in fewer transactions than that.
     assert sum(batches) >= 30 * 9
     assert len(batches) < 30 * 9
+
+
+class SlowStep(Workflow):
+    name = "slow-step"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> str:
+        return await step.do("slow", counted, event.instance_id, 2.0)
+
+
+async def test_a_delivery_that_waits_too_long_for_a_slot_goes_back_to_its_queue(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One slot, two instances: the second's delivery waits for the slot the first's step
+    holds, goes back to the queue after SLOT_WAIT_S, and runs once the slot is free."""
+    handed_back: list[str | None] = []
+    original = worker_module.hand_back
+
+    async def counted_hand_back(runtime: Any, queue: str, message: Any) -> None:
+        handed_back.append(message.message_id)
+        await original(runtime, queue, message)
+
+    monkeypatch.setattr(worker_module, "SLOT_WAIT_S", 0.3)
+    monkeypatch.setattr(worker_module, "hand_back", counted_hand_back)
+    await env.start_worker(SlowStep, concurrency=1)
+    first = await env.client.create(SlowStep)
+    second = await env.client.create(SlowStep)
+    assert await first.result(timeout=30) == "done"
+    assert await second.result(timeout=30) == "done"
+    assert handed_back  # the waiting delivery went back at least once
+    assert RUNS[first.id] == 1
+    assert RUNS[second.id] == 1
