@@ -295,8 +295,8 @@ class Worker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        if self._runs is not None:  # outcomes whose recording has begun are recorded
-            await self._runs.aclose()
+        if self._runs is not None:  # transactions under way get the grace too
+            await self._runs.aclose(self.shutdown_grace)
         # Only now: while it drains, a worker beats, so nobody takes its attempts for lost.
         if self._heartbeat is not None:
             self._heartbeat.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from concurrent.futures import Executor
 from datetime import timedelta
@@ -58,7 +59,7 @@ class RunConsumer:
             run_claimed, self.runtime, work, self.claimant, self.executor, self.recorder
         )
 
-    async def aclose(self) -> None:
-        """Wait for the rounds and outcome records under way (see `Batcher.aclose`)."""
-        await self.rounds.aclose()
-        await self.recorder.aclose()
+    async def aclose(self, timeout: float) -> None:
+        """Wait up to `timeout` for the rounds and outcome records under way, then cancel
+        them (see `Batcher.aclose`)."""
+        await asyncio.gather(self.rounds.aclose(timeout), self.recorder.aclose(timeout))

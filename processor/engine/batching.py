@@ -10,21 +10,34 @@ together into the next batch. So the busier the worker, the more each transactio
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+@dataclass
+class _Request(Generic[Item, Result]):
+    item: Item
+    future: asyncio.Future[Result]
+    #: The submitter's context: a batch runs in its first request's, so that its SQL spans
+    #: and logs go with a request that is waiting for it.
+    context: contextvars.Context
+
+
 class Batcher(Generic[Item, Result]):
     """Runs `run` on batches of submitted items; `run` returns one result per item, in order.
 
-    A batch that raises runs again item by item, so each submitter gets its own result or
-    error (and retries as it would a transaction of its own). A submitter cancelled before its
-    batch starts is left out of it; once the batch has started, it runs to the end (`aclose`
-    waits for it).
+    A batch that raises an error for which `isolate` is true (a bad item, say) runs again item
+    by item, so each submitter gets its own result or error; any other error (the database is
+    away) goes to every submitter of the batch at once, and each retries as it would a
+    transaction of its own. A submitter cancelled before its batch starts is left out of it;
+    once the batch has started it runs to the end, and `orphaned` gets the result nobody waits
+    for.
     """
 
     def __init__(
@@ -33,57 +46,76 @@ class Batcher(Generic[Item, Result]):
         *,
         slots: int,
         max_size: int,
+        isolate: Callable[[Exception], bool],
+        orphaned: Callable[[Result], None] = lambda result: None,
     ) -> None:
         self._run = run
         self._slots = slots
         self._max_size = max_size
-        self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
+        self._isolate = isolate
+        self._orphaned = orphaned
+        self._queue: deque[_Request[Item, Result]] = deque()
+        #: Counted down as a drain leaves its loop, in the same step: a request queued after
+        #: that finds the slot free (a done callback would free it a loop turn later, and a
+        #: request queued in between would wait for the next submitter).
+        self._draining = 0
         self._drains: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
-        if len(self._drains) < self._slots:
+        request = _Request(item, future, contextvars.copy_context())
+        self._queue.append(request)
+        if self._draining < self._slots:
+            self._draining += 1
             drain = asyncio.create_task(self._drain())
             self._drains.add(drain)
             drain.add_done_callback(self._drains.discard)
-        return await future
+        return await request.future
 
-    async def aclose(self) -> None:
-        """Wait for the batches under way (their submitters may be gone)."""
-        if self._drains:
-            await asyncio.wait(set(self._drains))
+    async def aclose(self, timeout: float) -> None:
+        """Wait up to `timeout` for the batches under way (their submitters may be gone),
+        then cancel them."""
+        if not self._drains:
+            return
+        _, pending = await asyncio.wait(set(self._drains), timeout=timeout)
+        for drain in pending:
+            drain.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
     async def _drain(self) -> None:
-        while self._queue:
-            batch: list[tuple[Item, asyncio.Future[Result]]] = []
-            while self._queue and len(batch) < self._max_size:
-                item, future = self._queue.popleft()
-                if not future.cancelled():
-                    batch.append((item, future))
-            if not batch:
-                continue
-            try:
-                await self._settle(batch)
-            except BaseException:  # this task is cancelled: so are the submitters' waits
-                for _, future in batch:
-                    future.cancel()
-                raise
-
-    async def _settle(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
-            results = await self._run([item for item, _ in batch])
+            while self._queue:
+                batch: list[_Request[Item, Result]] = []
+                while self._queue and len(batch) < self._max_size:
+                    request = self._queue.popleft()
+                    if not request.future.cancelled():
+                        batch.append(request)
+                if not batch:
+                    continue
+                try:
+                    await asyncio.create_task(self._settle(batch), context=batch[0].context)
+                except BaseException:  # this task is cancelled: so are the submitters' waits
+                    for request in batch:
+                        request.future.cancel()
+                    raise
+        finally:
+            self._draining -= 1
+
+    async def _settle(self, batch: list[_Request[Item, Result]]) -> None:
+        try:
+            results = await self._run([request.item for request in batch])
         except Exception as error:
-            if len(batch) > 1:
-                # One bad item must not fail its neighbours: each again alone, with its own
-                # result or error (a database outage fails each, and each submitter retries).
-                for one in batch:
-                    await self._settle([one])
+            if len(batch) > 1 and self._isolate(error):
+                for request in batch:
+                    await self._settle([request])
                 return
-            ((_, future),) = batch
-            if not future.done():
-                future.set_exception(error)
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        for request, result in zip(batch, results, strict=True):
+            if request.future.done():
+                self._orphaned(result)
+            else:
+                request.future.set_result(result)

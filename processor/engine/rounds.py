@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from opentelemetry import context
+from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
 from processor.engine.attempts import AttemptOutcome, claim, is_current, record_outcome, run_attempt
@@ -26,6 +27,7 @@ from processor.engine.replay import WORKER_STALE, Claimant, PendingAttempt, Repl
 from processor.failpoints import crash_point
 from processor.runtime import Runtime, Tx
 from processor.store import driver
+from processor.store.database import is_transient
 from processor.store.driver import DriverSession
 from processor.store.tables import InstanceRow, StepRow
 from processor.telemetry.logs import log_context
@@ -81,11 +83,26 @@ RoundRunner = Batcher[str, ClaimedWork | None]
 def round_runner(
     runtime: Runtime, registry: dict[str, type[Workflow[Any]]], claimant: Claimant
 ) -> RoundRunner:
+    def release(work: ClaimedWork | None) -> None:
+        # Claimed for a submitter that is gone (the worker is stopping): nobody here will run
+        # them, and other workers take them over once this one has left.
+        if work is not None:
+            claimant.running.difference_update(work.attempt_keys())
+
     return Batcher(
         functools.partial(replay_rounds, runtime, registry, claimant),
         slots=BATCH_SLOTS,
         max_size=MAX_BATCH,
+        isolate=_is_about_an_item,
+        orphaned=release,
     )
+
+
+def _is_about_an_item(error: Exception) -> bool:
+    """A batch that failed for this may have failed for one of its items: it runs again item
+    by item. A transient error (the database is away) fails every item at once instead, so
+    each submitter starts retrying without waiting out the others' timeouts."""
+    return not is_transient(error)
 
 
 async def replay_rounds(
@@ -130,12 +147,15 @@ async def _replay_rounds(
                 # Each round's span is the current one while it replays, so the spans of its
                 # attempts are its children; the commit's SQL spans go under the last one.
                 scope.enter_context(log_context(instance_id=instance.id, workflow=workflow))
+                parent = instance_parent(instance.traceparent)
+                if parent.context is None:  # not the previous instance's round: a root
+                    parent = SpanParent(Context(), parent.links)
                 span = scope.enter_context(
                     instance_span(
                         f"run {workflow}",
                         instance_id=instance.id,
                         workflow=workflow,
-                        parent=instance_parent(instance.traceparent),
+                        parent=parent,
                     )
                 )
                 result, work = await _advance(
@@ -193,8 +213,8 @@ async def _advance(
     """The round's work inside its transaction: replay, then apply what the replay decided.
     Returns the replay's result (None if there was nothing to replay) and the claimed work."""
     instance_id = instance.id
-    instance.run_due_at = None  # this is the round that was owed
     if not _is_advancing(instance):
+        instance.run_due_at = None  # this is the round that was owed
         return None, None  # resume publishes a run message of its own
     # None: every worker counts as alive (see Claimant.trusts_heartbeats).
     live_workers: frozenset[str] | None = None
@@ -202,6 +222,8 @@ async def _advance(
         step.status == StepStatusName.RUNNING for step in steps
     ):
         live_workers = await driver.live_workers(tx.session, tx.now - WORKER_STALE)
+    # After that query: set before it, it would be written by an UPDATE of its own (autoflush).
+    instance.run_due_at = None  # this is the round that was owed
     replay = Replay(
         tx.session, instance, steps, now=tx.now, claimant=claimant, live_workers=live_workers
     )
@@ -257,7 +279,10 @@ OutcomeRecorder = Batcher[AttemptEnded, RecordedOutcome | None]
 
 def outcome_recorder(runtime: Runtime) -> OutcomeRecorder:
     return Batcher(
-        functools.partial(record_outcomes, runtime), slots=BATCH_SLOTS, max_size=MAX_BATCH
+        functools.partial(record_outcomes, runtime),
+        slots=BATCH_SLOTS,
+        max_size=MAX_BATCH,
+        isolate=_is_about_an_item,
     )
 
 

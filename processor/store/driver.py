@@ -217,10 +217,6 @@ class DriverSession:
             found.append(row)
         return found
 
-    async def first(self, model: type[M], statement: ClauseElement, **params: Any) -> M | None:
-        found = await self.rows(model, statement, **params)
-        return found[0] if found else None
-
     async def values(self, statement: ClauseElement, **params: Any) -> list[Any]:
         """The first column of each row of `statement`: plain values, not tracked."""
         return [next(iter(values.values())) for values in await self._fetch(statement, params)]
@@ -335,7 +331,8 @@ class DriverSession:
 _CACHE: dict[str, dict[Any, _Compiled]] = {}
 #: The same for a flush's writes as one statement, by their keys; at most MAX_COMBINED.
 _COMBINED: dict[str, dict[Any, _Compiled]] = {}
-MAX_COMBINED = 256
+#: Within asyncpg's cache of 100 prepared statements per connection, with the others.
+MAX_COMBINED = 64
 
 
 @dataclass
