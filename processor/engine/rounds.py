@@ -45,8 +45,9 @@ from schemas import TERMINAL_STATUSES, InstanceStatusName, StepStatusName
 
 log = logging.getLogger("warren.rounds")
 
-#: Transactions of recorded outcomes under way at once, and attempts one may record (see
-#: batching.py): two, so the worker prepares one batch while the other waits on the database.
+#: Round transactions, and outcome transactions, under way at once, and the messages one may
+#: carry (see batching.py): two, so the worker prepares one batch while the other waits on the
+#: database.
 BATCH_SLOTS = 2
 MAX_BATCH = 32
 
@@ -164,8 +165,9 @@ async def _replay_rounds(
                 if work is not None:
                     # Before the commit: a round of a copy of this run message, or of an
                     # event, waiting for the instance lock must find them running, not lost.
-                    claimed.extend(work.attempt_keys())
-                    claimant.running.update(work.attempt_keys())
+                    keys = work.attempt_keys()
+                    claimed.extend(keys)
+                    claimant.running.update(keys)
                     works[instance.id] = work
                 if result is not None:
                     ended.append((instance, span, result, work))

@@ -32,7 +32,7 @@ from sqlalchemy.sql.expression import ClauseElement
 from sqlalchemy.util import greenlet_spawn
 from sqlmodel import SQLModel, col, select
 
-from processor.store.tables import EventRow, InstanceRow, StepRow, WorkerRow
+from processor.store.tables import EventRow, InstanceRow, StepRow, WorkerRow, new_row
 from processor.telemetry.tracing import is_tracing, sql_span
 
 M = TypeVar("M", bound=SQLModel)
@@ -207,12 +207,8 @@ class DriverSession:
         """The rows of `statement` (a select of `model`'s table) as `model` objects; changes
         made to them are written at the next flush."""
         found = []
-        new_instance = sa.inspect(model).class_manager.new_instance
         for values in await self._fetch(statement, params):
-            # As the ORM loads a row: a new instance without __init__ (which would validate
-            # and set each field through the instrumentation), its state dict filled in.
-            row = new_instance()
-            row.__dict__.update(values)
+            row = new_row(model, **values)  # as the ORM loads a row: no __init__
             self._loaded.append((row, values))
             found.append(row)
         return found
@@ -244,8 +240,9 @@ class DriverSession:
             if changed:
                 writes.append(_Write.update(row, changed))
                 written.update(changed)
-        if len(writes) > 1 and self._driver.writes_together and self._may_combine(writes):
-            await self._write_together(writes)
+        mix = tuple(write.key for write in writes)
+        if len(writes) > 1 and self._driver.writes_together and self._may_combine(mix):
+            await self._write_together(writes, mix)
         else:
             for write in writes:
                 await self._write_one(write)
@@ -270,22 +267,20 @@ class DriverSession:
         else:
             await self._write(compiled, arguments)
 
-    def _may_combine(self, writes: list[_Write]) -> bool:
+    def _may_combine(self, mix: tuple[Any, ...]) -> bool:
         """Whether these writes go as one statement: each mix of writes is its own statement
         (compiled here, prepared by PostgreSQL), and batches mix them in many ways (84 mixes in
         the 1,000 x 10 throughput run), so past MAX_COMBINED mixes new ones go one by one."""
-        known = self._combined.get(tuple(write.key for write in writes))
-        return known is not None or len(self._combined) < MAX_COMBINED
+        return mix in self._combined or len(self._combined) < MAX_COMBINED
 
-    async def _write_together(self, writes: list[_Write]) -> None:
+    async def _write_together(self, writes: list[_Write], mix: tuple[Any, ...]) -> None:
         """One round trip for a flush's writes on PostgreSQL, where each statement of a
         transaction is one: `WITH w0 AS (UPDATE ...), w1 AS (INSERT ... RETURNING id) SELECT
         (SELECT id FROM w1)`. A flush never writes one row twice, so the CTEs, which all see
         the same snapshot, cannot conflict; each runs once and to completion."""
-        key = tuple(write.key for write in writes)
-        compiled = self._combined.get(key)
+        compiled = self._combined.get(mix)
         if compiled is None:
-            compiled = self._combined[key] = _Compiled.of(_together(writes), self._dialect)
+            compiled = self._combined[mix] = _Compiled.of(_together(writes), self._dialect)
         params: dict[str, Any] = {}
         for i, write in enumerate(writes):
             params.update(write.params(f"w{i}_"))
@@ -348,7 +343,7 @@ class _Write:
 
     @classmethod
     def insert(cls, row: SQLModel) -> _Write:
-        table: sa.Table = sa.inspect(type(row)).local_table
+        table = _table_of(type(row))
         values = {column.key: getattr(row, column.key) for column in table.columns}
         generated = tuple(c.key for c in table.primary_key.columns if values[c.key] is None)
         for name in generated:
@@ -357,7 +352,7 @@ class _Write:
 
     @classmethod
     def update(cls, row: SQLModel, changed: dict[str, Any]) -> _Write:
-        return cls(row, sa.inspect(type(row)).local_table, changed)
+        return cls(row, _table_of(type(row)), changed)
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -391,6 +386,12 @@ class _Write:
     def set_generated(self, values: dict[str, Any]) -> None:
         for name, value in values.items():
             setattr(self.row, name, value)
+
+
+@functools.cache
+def _table_of(model: type[SQLModel]) -> sa.Table:
+    table: sa.Table = sa.inspect(model).local_table
+    return table
 
 
 def _together(writes: list[_Write]) -> sa.Select[Any]:
@@ -490,9 +491,8 @@ async def lock_instances(
     """The rows of the instances that exist, by id, locked until the transaction ends (SQLite:
     the whole database is); in the order of their ids, so that two transactions locking
     overlapping sets cannot deadlock."""
-    ids = _padded(sorted(set(instance_ids)))
-    params = {f"the_instance_{i}": instance_id for i, instance_id in enumerate(ids)}
-    rows = await session.rows(InstanceRow, _lock_instances(len(ids)), **params)
+    params = _instance_params(instance_ids)
+    rows = await session.rows(InstanceRow, _lock_instances(len(params)), **params)
     return {row.id: row for row in rows}
 
 
@@ -516,12 +516,22 @@ def _padded(values: list[T]) -> list[T]:
     return values + values[-1:] * (size - len(values))
 
 
+def _instance_params(instance_ids: Sequence[str]) -> dict[str, str]:
+    """The ids, sorted and padded (`_padded`), as the parameters `the_instance_{i}` of
+    `_instance_binds`."""
+    ids = _padded(sorted(set(instance_ids)))
+    return {f"the_instance_{i}": instance_id for i, instance_id in enumerate(ids)}
+
+
+def _instance_binds(size: int) -> list[Any]:
+    return [sa.bindparam(f"the_instance_{i}") for i in range(size)]
+
+
 @functools.cache
 def _lock_instances(size: int) -> ClauseElement:
-    ids: list[Any] = [sa.bindparam(f"the_instance_{i}") for i in range(size)]
     return (
         select(InstanceRow)
-        .where(col(InstanceRow.id).in_(ids))
+        .where(col(InstanceRow.id).in_(_instance_binds(size)))
         .order_by(col(InstanceRow.id))
         .with_for_update()
     )
@@ -529,10 +539,9 @@ def _lock_instances(size: int) -> ClauseElement:
 
 @functools.cache
 def _load_steps_of(size: int) -> ClauseElement:
-    ids: list[Any] = [sa.bindparam(f"the_instance_{i}") for i in range(size)]
     return (
         select(StepRow)
-        .where(col(StepRow.instance_id).in_(ids))
+        .where(col(StepRow.instance_id).in_(_instance_binds(size)))
         .order_by(col(StepRow.instance_id), col(StepRow.seq))
     )
 
@@ -553,10 +562,9 @@ async def load_steps_of(
     with no steps): one query per batch of replays."""
     if not instance_ids:
         return {}
-    ids = _padded(sorted(set(instance_ids)))
-    params = {f"the_instance_{i}": instance_id for i, instance_id in enumerate(ids)}
+    params = _instance_params(instance_ids)
     steps: dict[str, list[StepRow]] = {}
-    for row in await session.rows(StepRow, _load_steps_of(len(ids)), **params):
+    for row in await session.rows(StepRow, _load_steps_of(len(params)), **params):
         steps.setdefault(row.instance_id, []).append(row)
     return steps
 
