@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,7 +24,7 @@ from processor.store.tables import (
     WorkflowRow,
     new_row,
 )
-from schemas import RunInstance
+from schemas import RunInstance, StepStatusName
 
 #: Instance statuses whose timers still matter.
 ACTIVE_STATUSES = ("queued", "running", "waiting", "waiting_for_pause")
@@ -158,23 +158,40 @@ async def register_workflows(session: AsyncSession, names: Sequence[str], now: d
 
 
 async def overdue_steps(
-    session: AsyncSession, workflows: Sequence[str], now: datetime, grace: timedelta, limit: int
+    session: AsyncSession,
+    timer_cutoffs: Mapping[str, datetime],
+    lease_cutoff: datetime,
+    workflows: Sequence[str],
+    limit: int,
 ) -> list[tuple[StepRow, InstanceRow]]:
-    """Steps whose timer is overdue by more than `grace` and not swept within `grace`.
+    """Steps whose timer is overdue, and not swept since: a sleep, back-off or event timeout
+    due at or before its workflow's cutoff in `timer_cutoffs` (a workflow without one is left
+    alone), or a running attempt of one of `workflows` whose lease ran out by `lease_cutoff`.
 
     The instance row locks (SKIP LOCKED on PostgreSQL) keep two sweepers off the same timers;
     they are the instance's, taken first as every round takes them, so a sweep and a round
     never deadlock (and a sweep skips an instance a round holds).
     """
-    cutoff = now - grace
+
+    def due_by(cutoff: datetime) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            col(StepRow.wake_at) <= cutoff,
+            sa.or_(col(StepRow.swept_at).is_(None), col(StepRow.swept_at) <= cutoff),
+        )
+
+    is_running = col(StepRow.status) == StepStatusName.RUNNING
     query = (
         select(StepRow, InstanceRow)
         .join(InstanceRow, col(InstanceRow.id) == col(StepRow.instance_id))
         .where(
-            col(StepRow.wake_at) <= cutoff,
-            sa.or_(col(StepRow.swept_at).is_(None), col(StepRow.swept_at) <= cutoff),
             col(InstanceRow.status).in_(ACTIVE_STATUSES),
-            col(InstanceRow.workflow).in_(workflows),
+            sa.or_(
+                sa.and_(is_running, col(InstanceRow.workflow).in_(workflows), due_by(lease_cutoff)),
+                *(
+                    sa.and_(~is_running, col(InstanceRow.workflow) == workflow, due_by(cutoff))
+                    for workflow, cutoff in sorted(timer_cutoffs.items())
+                ),
+            ),
         )
         .limit(limit)
         .with_for_update(skip_locked=True, of=InstanceRow)
