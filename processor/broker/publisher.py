@@ -38,10 +38,11 @@ class Publisher:
         self, workflow: str, body: bytes, message_id: str, wake_at: datetime | None = None
     ) -> None:
         """Publish a run message now, or through the delay cascade to arrive at `wake_at`."""
-        message = aio_pika.Message(
-            body,
+        # The frame's properties themselves: an aio_pika.Message, built only to be turned into
+        # them, cost 2% of a busy worker's CPU (py-spy).
+        properties = aiormq.spec.Basic.Properties(
             content_type=JSON,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
             message_id=message_id,
         )
         if wake_at is None:
@@ -49,9 +50,9 @@ class Publisher:
             key = self.topology.run_key(workflow)
         else:
             exchange, key = delay_route(wake_at - self.now(), self.topology.delayed_key(workflow))
-        await self._send(exchange, message, key)
+        await self._send(exchange, body, properties, key)
         if hits("duplicate_publish"):
-            await self._send(exchange, message, key)
+            await self._send(exchange, body, properties, key)
 
     async def republish(
         self,
@@ -75,7 +76,7 @@ class Publisher:
             headers={**_own_headers(message), **headers},
         )
         exchange, key = delay_route(delay, f"{self.topology.namespace}.{routing_key}")
-        await self._send(exchange, copy, key)
+        await self._send(exchange, copy.body, copy.properties, key)
 
     async def dead_letter(
         self, message: AbstractIncomingMessage, queue: str, reason: str, routing_key: str
@@ -100,9 +101,15 @@ class Publisher:
             message_id=message.message_id,
             headers=headers,
         )
-        await self._send(self.topology.dead_exchange, dead, queue)
+        await self._send(self.topology.dead_exchange, dead.body, dead.properties, queue)
 
-    async def _send(self, exchange: str, message: aio_pika.Message, routing_key: str) -> None:
+    async def _send(
+        self,
+        exchange: str,
+        body: bytes,
+        properties: aiormq.spec.Basic.Properties,
+        routing_key: str,
+    ) -> None:
         """Publish, mandatory, and wait for the broker's confirm (a message it cannot route
         raises, as the channel has `on_return_raises`).
 
@@ -116,10 +123,10 @@ class Publisher:
         # `wait` is on aiormq's Channel, not on the abstract type aio-pika hands out.
         channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
         await channel.basic_publish(
-            message.body,
+            body,
             exchange=exchange,
             routing_key=routing_key,
-            properties=message.properties,
+            properties=properties,
             mandatory=True,
             wait=False,
         )
