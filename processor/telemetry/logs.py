@@ -22,11 +22,10 @@ from opentelemetry import trace
 #: The plain-text format, for people at a terminal.
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-instance_id_var: ContextVar[str | None] = ContextVar("warren_instance_id", default=None)
-workflow_var: ContextVar[str | None] = ContextVar("warren_workflow", default=None)
-step_var: ContextVar[str | None] = ContextVar("warren_step", default=None)
-
-_TAGS = {"instance_id": instance_id_var, "workflow": workflow_var, "step": step_var}
+#: The tags of the current block (see `log_context`): one variable, so entering a block sets
+#: one context variable, not one per tag.
+_tags: ContextVar[dict[str, str] | None] = ContextVar("warren_log_tags", default=None)
+_TAG_NAMES = ("instance_id", "workflow", "step")
 
 
 @contextmanager
@@ -39,13 +38,18 @@ def log_context(
     instance's block. Context variables follow asyncio tasks: concurrent instances on one
     loop keep their own tags.
     """
-    values = {"instance_id": instance_id, "workflow": workflow, "step": step}
-    tokens = [(_TAGS[name], _TAGS[name].set(value)) for name, value in values.items() if value]
+    tags = dict(_tags.get() or {})  # a copy: the outer block's dict is never changed
+    if instance_id:
+        tags["instance_id"] = instance_id
+    if workflow:
+        tags["workflow"] = workflow
+    if step:
+        tags["step"] = step
+    token = _tags.set(tags)
     try:
         yield
     finally:
-        for var, token in reversed(tokens):
-            var.reset(token)
+        _tags.reset(token)
 
 
 class JsonFormatter(logging.Formatter):
@@ -63,8 +67,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name, var in _TAGS.items():
-            value = getattr(record, name, None) or var.get()
+        tags = _tags.get() or {}
+        for name in _TAG_NAMES:
+            value = getattr(record, name, None) or tags.get(name)
             if value:
                 entry[name] = value
         span_context = trace.get_current_span().get_span_context()
