@@ -15,6 +15,7 @@ from schemas.commands import (
     CreateInstance,
     RunInstance,
     SendEvent,
+    StepReport,
     WireModel,
 )
 from schemas.records import (
@@ -43,6 +44,7 @@ __all__ = [
     "SendEvent",
     "StepKind",
     "StepRecord",
+    "StepReport",
     "StepStatusName",
     "WireModel",
 ]

@@ -463,13 +463,6 @@ def _wrapped(error: Exception) -> Exception:
 # parameters are named `the_*`: SQLAlchemy reserves a column's own name for its SET value.
 
 _LIVE_WORKERS = select(WorkerRow.id).where(col(WorkerRow.heartbeat_at) >= sa.bindparam("the_time"))
-_COUNT_RUNNING = (
-    select(sa.func.count())
-    .select_from(StepRow)
-    .where(
-        col(StepRow.instance_id) == sa.bindparam("the_instance"), col(StepRow.status) == "running"
-    )
-)
 _CLEAR_WAKEUPS = (
     sa.update(StepRow)
     .where(col(StepRow.instance_id) == sa.bindparam("the_instance"))
@@ -494,19 +487,6 @@ async def lock_instances(
     params = _instance_params(instance_ids)
     rows = await session.rows(InstanceRow, _lock_instances(len(params)), **params)
     return {row.id: row for row in rows}
-
-
-async def get_steps(
-    session: DriverSession, keys: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], StepRow]:
-    """The steps that exist of the given (instance id, step key) pairs."""
-    padded = _padded(sorted(set(keys)))
-    params: dict[str, str] = {}
-    for i, (instance_id, key) in enumerate(padded):
-        params[f"the_instance_{i}"] = instance_id
-        params[f"the_key_{i}"] = key
-    rows = await session.rows(StepRow, _get_steps(len(padded)), **params)
-    return {(row.instance_id, row.key): row for row in rows}
 
 
 def _padded(values: list[T]) -> list[T]:
@@ -546,15 +526,6 @@ def _load_steps_of(size: int) -> ClauseElement:
     )
 
 
-@functools.cache
-def _get_steps(size: int) -> ClauseElement:
-    pairs = [
-        sa.tuple_(sa.bindparam(f"the_instance_{i}"), sa.bindparam(f"the_key_{i}"))
-        for i in range(size)
-    ]
-    return select(StepRow).where(sa.tuple_(col(StepRow.instance_id), col(StepRow.key)).in_(pairs))
-
-
 async def load_steps_of(
     session: DriverSession, instance_ids: Sequence[str]
 ) -> dict[str, list[StepRow]]:
@@ -572,11 +543,6 @@ async def load_steps_of(
 async def live_workers(session: DriverSession, since: datetime) -> frozenset[str]:
     """Ids of the workers whose last heartbeat is no older than `since`."""
     return frozenset(await session.values(_LIVE_WORKERS, the_time=since))
-
-
-async def count_running_steps(session: DriverSession, instance_id: str) -> int:
-    (count,) = await session.values(_COUNT_RUNNING, the_instance=instance_id)
-    return int(count)
 
 
 async def clear_wakeups(session: DriverSession, instance_id: str) -> None:
