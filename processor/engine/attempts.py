@@ -114,6 +114,11 @@ def claim(step: StepRow, pending: PendingAttempt, claimed_by: str, now: datetime
     step.swept_at = None
 
 
+#: A report's error message and traceback are cut to this many characters (a traceback keeps
+#: its end): with a result of up to MAX_JSON_BYTES, a report must fit in a run message.
+MAX_ERROR_TEXT = 64 * 1024
+
+
 def report_of(
     pending: PendingAttempt, outcome: AttemptOutcome, generation: int, worker_id: str
 ) -> StepReport:
@@ -129,11 +134,22 @@ def report_of(
         attempt=step.attempt,
         worker=worker_id,
         output=outcome.output,
-        error=outcome.error,
+        error=_bounded(outcome.error),
         retry_after_ms=retry_after_ms,
         duration_ms=outcome.duration_s * 1000,
         cpu_ms=outcome.cpu_s * 1000,
     )
+
+
+def _bounded(error: ErrorInfo | None) -> ErrorInfo | None:
+    if error is None:
+        return None
+    message, traceback = error.message, error.traceback
+    if len(message) > MAX_ERROR_TEXT:
+        message = message[:MAX_ERROR_TEXT] + " [cut]"
+    if traceback is not None and len(traceback) > MAX_ERROR_TEXT:
+        traceback = "[cut] " + traceback[-MAX_ERROR_TEXT:]
+    return ErrorInfo(name=error.name[:MAX_ERROR_TEXT], message=message, traceback=traceback)
 
 
 def is_current(step: StepRow, report: StepReport) -> bool:

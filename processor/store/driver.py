@@ -1,10 +1,10 @@
 """The per-step path's SQL on the database driver itself (asyncpg, or aiosqlite), and its queries.
 
-Every step costs two transactions: the round that replays the instance and claims the step,
-and the record of its outcome. Through the ORM those cost the worker about seven times the CPU
-of the same statements on the driver (`python -m bench.sql_path`), and on a small machine that
-CPU is the engine's throughput. So these two transactions run here, on a connection borrowed
-from SQLAlchemy's pool, and everything else (commands, sweeps, the client) keeps the ORM.
+Every step costs one transaction: the round that records the report of the step before,
+replays the instance and claims the step. Through the ORM it costs the worker several times
+the CPU of the same statements on the driver (`python -m bench.sql_path`), and on a small
+machine that CPU is the engine's throughput. So rounds run here, on a connection borrowed from
+SQLAlchemy's pool, and everything else (commands, sweeps, the client) keeps the ORM.
 
 What stays the same: the statements are SQLAlchemy Core, compiled once per dialect, and every
 value goes through its column's own SQLAlchemy type processors, so rows written here read back
@@ -132,8 +132,8 @@ class _Sqlite:
     and SQLite's one write lock is held across every hop of a transaction, so hops are what
     limits SQLite's throughput. Hence: a statement and its fetch run in one hop, BEGIN goes
     with the transaction's first statement, and the writes of a flush (whose results nobody
-    reads) wait for the next hop, at the latest the COMMIT's. A step's two transactions then
-    take 7 hops, not 18.
+    reads) wait for the next hop, at the latest the COMMIT's. A round then takes 3 hops when
+    it reads nothing else: BEGIN with the lock, the steps' load, and the writes with the COMMIT.
     """
 
     #: Its flush's writes already wait for the next hop (and SQLite has no writes in CTEs).
