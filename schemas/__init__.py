@@ -15,7 +15,6 @@ from schemas.commands import (
     CreateInstance,
     RunInstance,
     SendEvent,
-    StepReport,
     WireModel,
 )
 from schemas.records import (
@@ -44,7 +43,6 @@ __all__ = [
     "SendEvent",
     "StepKind",
     "StepRecord",
-    "StepReport",
     "StepStatusName",
     "WireModel",
 ]

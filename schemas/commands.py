@@ -10,9 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
-
-from schemas.records import ErrorInfo
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
 
 #: Instance ids and workflow names: safe in a URL, a routing key and a log line.
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$"
@@ -64,41 +62,17 @@ class ControlInstance(WireModel):
     action: ControlAction
 
 
-class StepReport(WireModel):
-    """Internal: how one step attempt ended, sent by the worker that ran it.
-
-    The round that takes the message records it, if the attempt is still the step's current
-    one (same generation, attempt and worker; else it is fenced off), then replays on from it.
-    """
-
-    step: Annotated[str, StringConstraints(min_length=1, max_length=300)]
-    generation: Annotated[int, Field(ge=0)]
-    attempt: Annotated[int, Field(ge=1)]
-    #: The worker that ran the attempt (the step's `claimed_by`).
-    worker: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    output: Any = None
-    error: ErrorInfo | None = None
-    #: With an error: retry after this many milliseconds (the step's RetryPolicy, applied by
-    #: the worker that ran it); None: the step failed for good.
-    retry_after_ms: Annotated[float, Field(ge=0)] | None = None
-    #: The body's wall time, and its thread CPU time (0 for an async body).
-    duration_ms: Annotated[float, Field(ge=0)] = 0.0
-    cpu_ms: Annotated[float, Field(ge=0)] = 0.0
-
-
 class RunInstance(WireModel):
     """Internal: advance an instance by one replay. Published by the engine, never by services.
 
     `wake_at` is set on timer wake-ups (sleeps, retry back-offs, event timeouts); a copy that
     arrives early is delayed again, and a stale one changes nothing because the replay reads
-    the due times from SQL. `report` is set when a step attempt ended: the round records it
-    first (a copy is fenced off, as the attempt is no longer running).
+    the due times from SQL.
     """
 
     kind: Literal["run"] = "run"
     instance_id: InstanceId
     wake_at: AwareDatetime | None = None
-    report: StepReport | None = None
 
 
 #: The routing key of each ingress command.
@@ -120,7 +94,6 @@ __all__ = [
     "InstanceId",
     "RunInstance",
     "SendEvent",
-    "StepReport",
     "WireModel",
     "WorkflowName",
 ]

@@ -1,8 +1,8 @@
-"""The run queues (`{ns}.run.{workflow}`): advance instances, one round per message; a message
-may carry the report of a step attempt that ended, which the round records first."""
+"""The run queues (`{ns}.run.{workflow}`): advance instances, one round per message."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from concurrent.futures import Executor
 from datetime import timedelta
@@ -13,16 +13,14 @@ from aio_pika.abc import AbstractIncomingMessage
 from processor.consumers.base import FollowUp
 from processor.consumers.decoding import decode
 from processor.engine.replay import Claimant
-from processor.engine.rounds import RunRequest, round_runner, run_claimed
+from processor.engine.rounds import outcome_recorder, round_runner, run_claimed
 from processor.runtime import Runtime
 from processor.store import queries
 from processor.workflow import Workflow
-from schemas import MAX_MESSAGE_BYTES, RunInstance
+from schemas import RunInstance
 
 #: A wake-up this early is delayed again rather than run (the cascade rounds to 1 ms).
 EARLY_TOLERANCE = timedelta(milliseconds=2)
-#: A step's report carries its result (up to MAX_MESSAGE_BYTES as JSON) or its error.
-MAX_RUN_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
 
 
 class RunConsumer:
@@ -38,11 +36,12 @@ class RunConsumer:
         self.claimant = claimant
         self.executor = executor
         self.rounds = round_runner(runtime, registry, claimant)
+        self.recorder = outcome_recorder(runtime)
 
     async def handle(self, workflow: str, message: AbstractIncomingMessage) -> FollowUp | None:
-        """Record the step report the message carries, if any, replay the instance and commit
-        its claims; running the claimed attempts is the follow-up, after the ack."""
-        command = decode(message, RunInstance, max_bytes=MAX_RUN_MESSAGE_BYTES)
+        """Replay the instance and commit its claims; running the claimed attempts is the
+        follow-up, after the ack."""
+        command = decode(message, RunInstance)
         if (
             command.wake_at is not None
             and command.wake_at - self.runtime.clock.now() > EARLY_TOLERANCE
@@ -53,13 +52,14 @@ class RunConsumer:
                 workflow, message.body, queries.new_message_id(), command.wake_at
             )
             return None
-        request = RunRequest(command.instance_id, command.report)
-        work = await self.runtime.database.retry(lambda: self.rounds.submit(request))
+        work = await self.runtime.database.retry(lambda: self.rounds.submit(command.instance_id))
         if work is None:
             return None
-        return functools.partial(run_claimed, self.runtime, work, self.claimant, self.executor)
+        return functools.partial(
+            run_claimed, self.runtime, work, self.claimant, self.executor, self.recorder
+        )
 
     async def aclose(self, timeout: float) -> None:
-        """Wait up to `timeout` for the rounds under way, then cancel them (see
-        `Batcher.aclose`)."""
-        await self.rounds.aclose(timeout)
+        """Wait up to `timeout` for the rounds and outcome records under way, then cancel
+        them (see `Batcher.aclose`)."""
+        await asyncio.gather(self.rounds.aclose(timeout), self.recorder.aclose(timeout))
