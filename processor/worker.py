@@ -42,6 +42,8 @@ SWEEP_GRACE = timedelta(seconds=5)
 #: How late after its due time a wake-up may leave the delay cascade (its lateness p99 is
 #: about 0.1-0.3 s): one later than this may be swept once more, which only costs a round.
 CASCADE_LAG = timedelta(seconds=1)
+#: A timer overdue by this is swept even if its run queue was never seen empty since.
+TIMER_SWEEP_CEILING = timedelta(seconds=60)
 SWEEP_INTERVAL_S = 1.0
 #: A run message (for now) not taken within this, and published before its run queue was
 #: last seen empty, is presumed lost and published again (see `Worker.sweep_lost_runs`).
@@ -52,7 +54,7 @@ RELAY_INTERVAL_S = 2.0
 #: How long after its `run_due_at` (the start of the transaction that emitted it) a run message
 #: may reach its queue: its writer publishes it after the commit, else the relay RELAY_AFTER on.
 PUBLISH_LAG = RELAY_AFTER + timedelta(seconds=RELAY_INTERVAL_S)
-#: Reading the run queues' depth longer than this (the broker is away) skips a lost-run sweep.
+#: Reading a run queue's depth longer than this (the broker is away) counts as a failed read.
 DEPTH_READ_TIMEOUT_S = 5.0
 #: A delivery that waits this long for a free slot goes back to its queue as a fresh copy,
 #: far inside RabbitMQ's consumer_timeout (30 minutes by default).
@@ -340,29 +342,26 @@ class Worker:
         many instances were woken.
 
         A sleep, back-off or event timeout counts as overdue SWEEP_GRACE after its due time,
-        and only once its run queue has been seen with no ready message CASCADE_LAG after it:
-        a wake-up that left the cascade by then had been delivered, so a timer still not acted
-        on lost its message. A backlog in the run queue holds wake-ups up without losing them,
-        and taking them for lost added a copy of most late ones (7,578 for the benchmark's
-        10,000 sleepers), just when the workers were behind. While the depths cannot be read
-        (the broker is away) no timer is swept. A lease has no message of its own: it is swept
-        on time alone.
+        once its run queue has been seen with no ready message CASCADE_LAG after it: a wake-up
+        that left the cascade by then had been delivered, so a timer still not acted on lost
+        its message. A backlog in the run queue holds wake-ups up without losing them, and
+        taking them for lost added a copy of most late ones (7,578 for the benchmark's 10,000
+        sleepers), just when the workers were behind. A timer overdue by TIMER_SWEEP_CEILING is
+        swept whatever the queue showed (a backlog that never drains, a queue whose depth
+        cannot be read), once per ceiling. A lease has no message of its own: it is swept on
+        time alone.
         """
         names = sorted(self.registry)
-        try:
-            await self._note_drained_run_queues(names)
-            drained_at = self._drained_at
-        except Exception as error:  # the next sweep tries again
-            log.warning("timer sweep skipped, the run queues' depth is unknown: %r", error)
-            drained_at = {}
+        await self._note_drained_run_queues(names)
 
         def find(
             session: AsyncSession, now: datetime
         ) -> Awaitable[list[tuple[StepRow, InstanceRow]]]:
             cutoff = now - SWEEP_GRACE
-            timer_cutoffs = {
-                name: min(cutoff, drained - CASCADE_LAG) for name, drained in drained_at.items()
-            }
+            ceiling = now - TIMER_SWEEP_CEILING
+            timer_cutoffs = {name: ceiling for name in names}
+            for name, drained in self._drained_at.items():
+                timer_cutoffs[name] = max(ceiling, min(cutoff, drained - CASCADE_LAG))
             return queries.overdue_steps(session, timer_cutoffs, cutoff, names, 500)
 
         return await self._wake(find, "overdue timers")
@@ -391,17 +390,14 @@ class Worker:
         on age alone took every queued message for lost and republished it, adding load just
         when the workers were behind (71,410 messages queued for 10,000 instances in the
         benchmark). A workflow whose run queue this worker has never seen empty is not swept;
-        nor is any while the depths cannot be read (the broker is away). A woken instance's
+        nor is any while no depth can be read (the broker is away). A woken instance's
         `run_due_at` moves twice its wait ahead, past the copy published now: another copy
         needs the queue seen empty after this one, and a round that keeps failing to happen
         costs ever fewer copies.
         """
         names = sorted(self.registry)
-        try:
-            await self._note_drained_run_queues(names)
-        except Exception as error:  # the next sweep tries again
-            log.warning("lost-run sweep skipped, the run queues' depth is unknown: %r", error)
-            return 0
+        if not await self._note_drained_run_queues(names):
+            return 0  # the broker is away: what it would publish could not go out
         if not self._drained_at:
             return 0
         async with self.runtime.transaction() as tx:
@@ -420,17 +416,29 @@ class Worker:
             log.warning("sweeper woke %d instances whose run message was lost", len(instances))
         return len(instances)
 
-    async def _note_drained_run_queues(self, names: list[str]) -> None:
+    async def _note_drained_run_queues(self, names: list[str]) -> bool:
         """Record the workflows whose run queue has no ready message now: the time noted is
-        taken before the read, so whatever was published before it was delivered by then."""
+        taken before the read, so whatever was published before it was delivered by then.
+        Each queue is read on its own, so one that cannot be read (deleted, say) leaves the
+        others' readings, and an earlier reading stays true. Returns whether any was read."""
         channel = self._depth_channel
         if channel is None:
             raise RuntimeError("the worker is not started")
-        async with asyncio.timeout(DEPTH_READ_TIMEOUT_S):
-            for name in names:
-                read_at = self.runtime.clock.now()
-                if await ready_count(channel, self.runtime.topology.run_queue(name)) == 0:
-                    self._drained_at[name] = read_at
+        failures = []
+        for name in names:
+            queue = self.runtime.topology.run_queue(name)
+            read_at = self.runtime.clock.now()
+            try:
+                async with asyncio.timeout(DEPTH_READ_TIMEOUT_S):
+                    ready = await ready_count(channel, queue)
+            except Exception as error:  # the next sweep reads again
+                failures.append(f"{queue}: {error!r}")
+                continue
+            if ready == 0:
+                self._drained_at[name] = read_at
+        if failures:
+            log.warning("reading run queue depths failed: %s", "; ".join(failures))
+        return len(failures) < len(names)
 
     async def _wake(
         self,

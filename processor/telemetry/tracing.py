@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -300,28 +300,14 @@ def instance_span(
         parent: from `instance_parent`; None continues the current context.
         tracer: for tests; the process's tracer by default.
     """
-    attributes = {"warren.instance_id": instance_id, "warren.workflow": workflow}
-    with _current_span(tracer, name, parent, attributes) as span:
-        yield span
-
-
-def _current_span(
-    tracer: Tracer | None,
-    name: str,
-    parent: SpanParent | None,
-    attributes: Mapping[str, AttributeValue],
-) -> AbstractContextManager[Span]:
-    """`start_as_current_span` under `parent`; with no tracer given and nothing recording
-    spans, only a non-recording span: a no-op span still swaps the current context in and
-    out, 4% of a busy worker's CPU (cProfile of the benchmark's throughput scenario)."""
-    if tracer is None:
-        if not is_tracing():
-            return nullcontext(trace.INVALID_SPAN)
-        tracer = _tracer
     parent = parent or SpanParent()
-    return tracer.start_as_current_span(
-        name, context=parent.context, links=parent.links, attributes=attributes
-    )
+    with (tracer or _tracer).start_as_current_span(
+        name,
+        context=parent.context,
+        links=parent.links,
+        attributes={"warren.instance_id": instance_id, "warren.workflow": workflow},
+    ) as span:
+        yield span
 
 
 @dataclass
@@ -377,7 +363,13 @@ def step_attempt_span(
         "warren.step": step,
         "warren.attempt": attempt,
     }
-    with _current_span(tracer, step, parent, attributes) as span:
+    parent = parent or SpanParent()
+    with (tracer or _tracer).start_as_current_span(
+        step,
+        context=parent.context,
+        links=parent.links,
+        attributes=attributes,
+    ) as span:
         yield StepAttemptSpan(span)
 
 

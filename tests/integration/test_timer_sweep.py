@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from processor import Worker, Workflow, WorkflowEvent, WorkflowStep
+from processor.broker.topology import ready_count
 from processor.store.tables import StepRow, new_row
 from schemas import StepKind, StepStatusName
 from tests.conftest import TestEnv, assert_eventually
@@ -122,6 +123,62 @@ async def test_a_lapsed_lease_is_swept_while_the_queue_is_never_seen_empty(env: 
                     wake_at=worker.runtime.clock.now() - timedelta(minutes=1),
                 )
             )
+
+        assert await worker.sweep_overdue_timers() == 1
+        await queued(wire, queue, 2)
+    await worker._start_consuming()
+    assert await instance.result(timeout=20) == "hello"
+
+
+class Other(Workflow[dict[str, Any]]):
+    name = "timer-sweep-aaa-other"  # its queue is read before Nap's
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> str:
+        return await step.do("hello", hello)
+
+
+async def test_a_run_queue_that_cannot_be_read_leaves_the_others_swept(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = await env.start_worker(Nap, Other)
+    instance = await env.client.create(Nap)
+
+    async def asleep() -> bool:
+        return (await instance.status()).status == "waiting"
+
+    await assert_eventually(asleep, what="the instance to sleep")
+    await worker._stop_consuming()
+    nap_queue = worker.runtime.topology.run_queue(Nap.name)
+    async with open_wire(env) as wire:
+        await queued(wire, nap_queue, 1)
+        assert len(await wire.take(nap_queue)) == 1  # the wake-up is lost
+        # Reading another workflow's run queue fails on every sweep (deleted, say).
+        other_queue = worker.runtime.topology.run_queue(Other.name)
+
+        async def unreadable_other(channel: Any, queue: str) -> int:
+            if queue == other_queue:
+                raise ConnectionError("no such queue")
+            return await ready_count(channel, queue)
+
+        monkeypatch.setattr("processor.worker.ready_count", unreadable_other)
+
+        assert await worker.sweep_overdue_timers() == 1
+        await queued(wire, nap_queue, 1)
+    await worker._start_consuming()
+    assert await instance.result(timeout=20) == "hello"
+
+
+async def test_a_wake_up_overdue_by_the_ceiling_is_swept_even_in_a_backlog(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker, instance = await napping_on_an_idle_worker(env)
+    queue = worker.runtime.topology.run_queue(Nap.name)
+    monkeypatch.setattr("processor.worker.TIMER_SWEEP_CEILING", timedelta(0))
+    async with open_wire(env) as wire:
+        await queued(wire, queue, 1)
+        assert len(await wire.take(queue)) == 1  # lost, and the queue never drains again:
+        await env.client.create(Nap)  # other work keeps a message ready in it
+        await queued(wire, queue, 1)
 
         assert await worker.sweep_overdue_timers() == 1
         await queued(wire, queue, 2)
