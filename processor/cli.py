@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     setup = broker_commands.add_parser(
         "setup", help="declare the exchanges and queues, with administrator credentials"
     )
-    setup.add_argument("modules", nargs="*", help="modules whose workflows get run queues")
+    setup.add_argument("modules", nargs="*", help="modules whose workflows get run and wake queues")
     # SUPPRESS: without a value here, the global --namespace stays in effect.
     setup.add_argument("--namespace", default=argparse.SUPPRESS, help="as the global option")
     setup.set_defaults(run=_broker_setup)

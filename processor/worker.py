@@ -1,4 +1,5 @@
-"""The worker: consumes the ingress queue and the run queues of the workflows it serves."""
+"""The worker: consumes the ingress queue and the run and wake queues of the workflows it
+serves."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from processor.broker.topology import ready_count
 from processor.consumers.base import Handler, hand_back, settle
 from processor.consumers.ingress import IngressConsumer
 from processor.consumers.runs import RunConsumer
+from processor.consumers.slots import Slots
 from processor.engine.replay import WORKER_STALE, Claimant
 from processor.errors import InfrastructureError
 from processor.runtime import RELAY_AFTER, Runtime
@@ -42,7 +44,7 @@ SWEEP_GRACE = timedelta(seconds=5)
 #: How late after its due time a wake-up may leave the delay cascade (its lateness p99 is
 #: about 0.1-0.3 s): one later than this may be swept once more, which only costs a round.
 CASCADE_LAG = timedelta(seconds=1)
-#: A timer overdue by this is swept even if its run queue was never seen empty since.
+#: A timer overdue by this is swept even if its wake queue was never seen empty since.
 TIMER_SWEEP_CEILING = timedelta(seconds=60)
 SWEEP_INTERVAL_S = 1.0
 #: A run message (for now) not taken within this, and published before its run queue was
@@ -54,7 +56,7 @@ RELAY_INTERVAL_S = 2.0
 #: How long after its `run_due_at` (the start of the transaction that emitted it) a run message
 #: may reach its queue: its writer publishes it after the commit, else the relay RELAY_AFTER on.
 PUBLISH_LAG = RELAY_AFTER + timedelta(seconds=RELAY_INTERVAL_S)
-#: Reading a run queue's depth longer than this (the broker is away) counts as a failed read.
+#: Reading a queue's depth longer than this (the broker is away) counts as a failed read.
 DEPTH_READ_TIMEOUT_S = 5.0
 #: A delivery that waits this long for a free slot goes back to its queue as a fresh copy,
 #: far inside RabbitMQ's consumer_timeout (30 minutes by default).
@@ -69,8 +71,9 @@ class Worker:
     """Runs workflows: `async with Worker(...):` consumes until the block exits.
 
     Args:
-        workflows: the Workflow classes this worker serves; it consumes only their run queues
-            (plus the shared ingress queue), so workers with different sets share a broker.
+        workflows: the Workflow classes this worker serves; it consumes only their run and wake
+            queues (plus the shared ingress queue), so workers with different sets share a
+            broker.
         broker_url: default `WARREN_BROKER_URL`.
         database_url: default `WARREN_DATABASE_URL`.
         concurrency: messages (instances) handled at once by this process.
@@ -117,18 +120,20 @@ class Worker:
         self._background: list[asyncio.Task[None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._is_consuming = False
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = Slots(concurrency)
         self.claimant = Claimant(uuid.uuid4().hex)
         self._has_beaten = False
         self.http_port = http_port
         self.http_host = http_host
         self._metrics: Metrics | None = None
         self._telemetry: TelemetryServer | None = None
-        #: Reads the run queues' depth for the sweeps, apart from the consumers: a
-        #: passive declare of a queue someone deleted closes its channel.
+        #: Reads the queues' depth for the sweeps, apart from the consumers: a passive
+        #: declare of a queue someone deleted closes its channel.
         self._depth_channel: AbstractChannel | None = None
-        #: Per workflow, when its run queue was last seen with no ready message (DB clock).
-        self._drained_at: dict[str, datetime] = {}
+        #: Per workflow, when its run queue and its wake queue were last seen with no ready
+        #: message (DB clock).
+        self._run_drained_at: dict[str, datetime] = {}
+        self._wake_drained_at: dict[str, datetime] = {}
 
     @property
     def is_consuming(self) -> bool:
@@ -204,8 +209,9 @@ class Worker:
         self._subscribe(await topology.declare_ingress_queue(channel), ingress.handle)
         runs = self._runs = RunConsumer(runtime, self.registry, self.claimant, self._executor)
         for name in sorted(self.registry):
-            queue = await topology.declare_run_queue(channel, name)
-            self._subscribe(queue, functools.partial(runs.handle, name))
+            run_queue, wake_queue = await topology.declare_run_queues(channel, name)
+            self._subscribe(run_queue, functools.partial(runs.handle, name))
+            self._subscribe(wake_queue, functools.partial(runs.handle, name), wake_ups=True)
         self._depth_channel = await runtime.connection.channel()
         await self._start_consuming()
         self._heartbeat = asyncio.create_task(self._every(HEARTBEAT_INTERVAL_S, self._beat))
@@ -227,16 +233,16 @@ class Worker:
             )
         log.info("worker serving %s", ", ".join(sorted(self.registry)))
 
-    def _subscribe(self, queue: AbstractQueue, handler: Handler) -> None:
+    def _subscribe(self, queue: AbstractQueue, handler: Handler, *, wake_ups: bool = False) -> None:
         async def handle(message: AbstractIncomingMessage) -> None:
-            # Prefetch is per queue (quorum queues have no channel-wide QoS): the semaphore
-            # makes `concurrency` a limit for the whole worker.
+            # Prefetch is per queue (quorum queues have no channel-wide QoS): the slots make
+            # `concurrency` a limit for the whole worker.
             try:
                 if self._slots.locked():  # a timer only when it may wait (2% of the CPU)
                     async with asyncio.timeout(SLOT_WAIT_S):
-                        await self._slots.acquire()
+                        await self._slots.acquire(wake_up=wake_ups)
                 else:
-                    await self._slots.acquire()
+                    await self._slots.acquire(wake_up=wake_ups)
             except TimeoutError:
                 # Every slot is busy with long steps: an unacked delivery held much longer
                 # would pass the broker's consumer_timeout, which closes the whole channel.
@@ -342,17 +348,17 @@ class Worker:
         many instances were woken.
 
         A sleep, back-off or event timeout counts as overdue SWEEP_GRACE after its due time,
-        once its run queue has been seen with no ready message CASCADE_LAG after it: a wake-up
+        once its wake queue has been seen with no ready message CASCADE_LAG after it: a wake-up
         that left the cascade by then had been delivered, so a timer still not acted on lost
-        its message. A backlog in the run queue holds wake-ups up without losing them, and
-        taking them for lost added a copy of most late ones (7,578 for the benchmark's 10,000
-        sleepers), just when the workers were behind. A timer overdue by TIMER_SWEEP_CEILING is
-        swept whatever the queue showed (a backlog that never drains, a queue whose depth
-        cannot be read), once per ceiling. A lease has no message of its own: it is swept on
-        time alone.
+        its message. A backlog holds wake-ups up without losing them, and taking them for lost
+        added a copy of most late ones (7,578 for the benchmark's 10,000 sleepers, when they
+        shared the run queue), just when the workers were behind. A timer overdue by
+        TIMER_SWEEP_CEILING is swept whatever the queue showed (a backlog that never drains, a
+        queue whose depth cannot be read), once per ceiling. A lease has no message of its own:
+        it is swept on time alone.
         """
         names = sorted(self.registry)
-        await self._note_drained_run_queues(names)
+        await self._note_drained(names, self.runtime.topology.wake_queue, self._wake_drained_at)
 
         def find(
             session: AsyncSession, now: datetime
@@ -360,7 +366,7 @@ class Worker:
             cutoff = now - SWEEP_GRACE
             ceiling = now - TIMER_SWEEP_CEILING
             timer_cutoffs = {name: ceiling for name in names}
-            for name, drained in self._drained_at.items():
+            for name, drained in self._wake_drained_at.items():
                 timer_cutoffs[name] = max(ceiling, min(cutoff, drained - CASCADE_LAG))
             return queries.overdue_steps(session, timer_cutoffs, cutoff, names, 500)
 
@@ -396,16 +402,17 @@ class Worker:
         costs ever fewer copies.
         """
         names = sorted(self.registry)
-        if not await self._note_drained_run_queues(names):
+        drained_at = self._run_drained_at
+        if not await self._note_drained(names, self.runtime.topology.run_queue, drained_at):
             return 0  # the broker is away: what it would publish could not go out
-        if not self._drained_at:
+        if not drained_at:
             return 0
         async with self.runtime.transaction() as tx:
             # PUBLISH_LAG: a message is published a moment after its run_due_at, so only one
             # due that long before the queue was seen empty was surely in the queue by then.
             cutoffs = {
-                name: min(tx.now - RUN_GRACE, drained_at - PUBLISH_LAG)
-                for name, drained_at in self._drained_at.items()
+                name: min(tx.now - RUN_GRACE, drained - PUBLISH_LAG)
+                for name, drained in drained_at.items()
             }
             instances = await queries.overdue_runs(tx.session, cutoffs, 500)
             for instance in instances:
@@ -416,17 +423,20 @@ class Worker:
             log.warning("sweeper woke %d instances whose run message was lost", len(instances))
         return len(instances)
 
-    async def _note_drained_run_queues(self, names: list[str]) -> bool:
-        """Record the workflows whose run queue has no ready message now: the time noted is
-        taken before the read, so whatever was published before it was delivered by then.
-        Each queue is read on its own, so one that cannot be read (deleted, say) leaves the
-        others' readings, and an earlier reading stays true. Returns whether any was read."""
+    async def _note_drained(
+        self, names: list[str], queue_of: Callable[[str], str], drained_at: dict[str, datetime]
+    ) -> bool:
+        """Record in `drained_at` the workflows whose queue (`queue_of(workflow)`) has no
+        ready message now: the time noted is taken before the read, so whatever was published
+        before it was delivered by then. Each queue is read on its own, so one that cannot be
+        read (deleted, say) leaves the others' readings, and an earlier reading stays true.
+        Returns whether any was read."""
         channel = self._depth_channel
         if channel is None:
             raise RuntimeError("the worker is not started")
         failures = []
         for name in names:
-            queue = self.runtime.topology.run_queue(name)
+            queue = queue_of(name)
             read_at = self.runtime.clock.now()
             try:
                 async with asyncio.timeout(DEPTH_READ_TIMEOUT_S):
@@ -435,9 +445,9 @@ class Worker:
                 failures.append(f"{queue}: {error!r}")
                 continue
             if ready == 0:
-                self._drained_at[name] = read_at
+                drained_at[name] = read_at
         if failures:
-            log.warning("reading run queue depths failed: %s", "; ".join(failures))
+            log.warning("reading queue depths failed: %s", "; ".join(failures))
         return len(failures) < len(names)
 
     async def _wake(
@@ -445,15 +455,16 @@ class Worker:
         find: Callable[[AsyncSession, datetime], Awaitable[list[tuple[StepRow, InstanceRow]]]],
         why: str,
     ) -> int:
-        """Publish a run message for each instance with a step `find` returns, and mark those
-        steps swept so the next sweep leaves them alone for a while."""
+        """Publish a wake-up, due now, for each instance with a step `find` returns, and mark
+        those steps swept so the next sweep leaves them alone for a while. It goes to the wake
+        queue, whose readings decide when a timer is swept again."""
         async with self.runtime.transaction() as tx:
             woken = {}
             for step, instance in await find(tx.session, tx.now):
                 step.swept_at = tx.now
                 woken[instance.id] = instance
             for instance in woken.values():
-                tx.emit_run(instance)
+                tx.emit_run(instance, wake_at=tx.now)
         if woken:
             log.info("sweeper woke %d instances: %s", len(woken), why)
         return len(woken)

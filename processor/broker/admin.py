@@ -98,9 +98,9 @@ class DeadLetters:
         self.topology = topology
 
     def queues(self, workflows: Iterable[str]) -> list[str]:
-        """The dead queues of the ingress queue and of these workflows' run queues."""
-        sources = [self.topology.ingress_queue, *(self.topology.run_queue(w) for w in workflows)]
-        return [f"{source}.dead" for source in sorted(set(sources))]
+        """The dead queues of the ingress queue and of these workflows' run and wake queues."""
+        sources = self.topology.queue_names(sorted(set(workflows)))
+        return sorted(name for name in sources if name.endswith(".dead"))
 
     async def existing(self, queues: Iterable[str]) -> list[str]:
         """The queues that exist (a workflow registered in the database may have no queue in
@@ -191,17 +191,20 @@ class DeadLetters:
 
     def _source(self, dead_queue: str) -> tuple[str, str | None]:
         """The exchange a dead queue's messages were published to, and the routing key if the
-        queue implies it (a run queue's)."""
+        queue implies it (a run or wake queue's: a dead wake-up is redriven as a run message,
+        which a round re-delays if it is still early)."""
         source = dead_queue.removesuffix(".dead")
-        run_prefix = self.topology.run_queue("")
+        run_prefix, wake_prefix = self.topology.run_queue(""), self.topology.wake_queue("")
         if dead_queue.endswith(".dead") and source == self.topology.ingress_queue:
             return self.topology.ingress_exchange, None
-        if dead_queue.endswith(".dead") and source.startswith(run_prefix):
-            workflow = source.removeprefix(run_prefix)
-            return self.topology.engine_exchange, self.topology.run_key(workflow)
+        for prefix in (run_prefix, wake_prefix):
+            if dead_queue.endswith(".dead") and source.startswith(prefix):
+                workflow = source.removeprefix(prefix)
+                return self.topology.engine_exchange, self.topology.run_key(workflow)
         raise ValueError(
             f"{dead_queue!r} is not a dead queue of namespace {self.topology.namespace!r}: "
-            f"use {self.topology.ingress_queue}.dead or {run_prefix}WORKFLOW.dead"
+            f"use {self.topology.ingress_queue}.dead, {run_prefix}WORKFLOW.dead or "
+            f"{wake_prefix}WORKFLOW.dead"
         )
 
     def _describe(self, queue: str, message: AbstractIncomingMessage) -> DeadLetter:
@@ -344,8 +347,9 @@ async def connect(url: str) -> AbstractConnection:
 async def declare_topology(
     channel: AbstractChannel, topology: Topology, workflows: Iterable[str]
 ) -> list[str]:
-    """Declare every exchange, the shared delay cascade, the ingress queue and the run queues
-    of `workflows`, with their dead-letter queues (idempotent: the same arguments as workers).
+    """Declare every exchange, the shared delay cascade, the ingress queue and the run and wake
+    queues of `workflows`, with their dead-letter queues (idempotent: the same arguments as
+    workers).
 
     Returns:
         The names of the consuming queues declared.
@@ -353,5 +357,5 @@ async def declare_topology(
     await topology.declare_exchanges(channel)
     queues = [(await topology.declare_ingress_queue(channel)).name]
     for workflow in sorted(set(workflows)):
-        queues.append((await topology.declare_run_queue(channel, workflow)).name)
+        queues += [queue.name for queue in await topology.declare_run_queues(channel, workflow)]
     return queues

@@ -5,15 +5,19 @@ Per namespace (default `warren`):
   `{ns}.ingress` queue takes them all (any worker can apply any command).
 - `{ns}.engine` topic exchange: run messages with routing key `run.{workflow}` go to the queue
   `{ns}.run.{workflow}`, consumed only by workers that serve that workflow.
+- `{ns}.wake.{workflow}`: the wake-ups leaving the delay cascade (sleeps, back-offs, event
+  timeouts), beside the run queue so that a backlog of runs does not hold timers up: a worker
+  gives a free slot to a wake-up first.
 - `{ns}.dead` direct exchange: each consuming queue `q` has a dead-letter queue `q.dead`, fed by
   the broker (delivery limit) and by consumers rejecting bad input with an `x-error-reason`.
 
 Shared by all namespaces, the delay cascade (see DESIGN.md, "Delayed delivery"): level N is a
 topic exchange `warren.delay.N` and a quorum queue with a fixed TTL of 2^N ms that dead-letters
 into level N-1. The routing key is the delay's 35 bits, most significant first, then
-`{ns}.run.{workflow}`; level N routes a 1 bit to its queue and a 0 bit straight on to level N-1.
-Level 0 leads to `warren.delay.deliver`, where each run queue is bound with
-`#.{ns}.run.{workflow}`.
+`{ns}.wake.{workflow}`; level N routes a 1 bit to its queue and a 0 bit straight on to level N-1.
+Level 0 leads to `warren.delay.deliver`, where each wake queue is bound with
+`#.{ns}.wake.{workflow}` and each run queue with `#.{ns}.run.{workflow}` (a message handed back
+without delay, and wake-ups delayed by workers before the wake queues existed).
 """
 
 from __future__ import annotations
@@ -79,8 +83,12 @@ class Topology:
     def run_queue(self, workflow: str) -> str:
         return f"{self.namespace}.run.{workflow}"
 
+    def wake_queue(self, workflow: str) -> str:
+        return f"{self.namespace}.wake.{workflow}"
+
     def delayed_key(self, workflow: str) -> str:
-        return f"{self.namespace}.run.{workflow}"
+        """The cascade's target for a wake-up: the workflow's wake queue."""
+        return self.wake_queue(workflow)
 
     async def declare_exchanges(self, channel: AbstractChannel) -> None:
         """Declare every exchange (idempotent): the client needs these, not the queues."""
@@ -115,15 +123,24 @@ class Topology:
         await queue.bind(DELIVERY_EXCHANGE, routing_key=f"#.{self.namespace}.instance.*")
         return queue
 
-    async def declare_run_queue(self, channel: AbstractChannel, workflow: str) -> AbstractQueue:
-        queue = await self.declare_consuming_queue(channel, self.run_queue(workflow))
-        await queue.bind(self.engine_exchange, routing_key=self.run_key(workflow))
-        await queue.bind(DELIVERY_EXCHANGE, routing_key=f"#.{self.delayed_key(workflow)}")
-        return queue
+    async def declare_run_queues(
+        self, channel: AbstractChannel, workflow: str
+    ) -> tuple[AbstractQueue, AbstractQueue]:
+        """The workflow's run queue and wake queue."""
+        run = await self.declare_consuming_queue(channel, self.run_queue(workflow))
+        await run.bind(self.engine_exchange, routing_key=self.run_key(workflow))
+        # A message handed back comes through the delivery exchange; so do wake-ups delayed
+        # before the wake queues existed, up to a year after (they carry the run queue's name).
+        await run.bind(DELIVERY_EXCHANGE, routing_key=f"#.{self.run_queue(workflow)}")
+        wake = await self.declare_consuming_queue(channel, self.wake_queue(workflow))
+        await wake.bind(DELIVERY_EXCHANGE, routing_key=f"#.{self.delayed_key(workflow)}")
+        return run, wake
 
     def queue_names(self, workflows: list[str]) -> list[str]:
         """Every queue of this namespace for these workflows (tests delete them)."""
-        names = [self.ingress_queue, *(self.run_queue(w) for w in workflows)]
+        names = [self.ingress_queue]
+        for workflow in workflows:
+            names += [self.run_queue(workflow), self.wake_queue(workflow)]
         return names + [f"{name}.dead" for name in names]
 
 

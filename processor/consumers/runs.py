@@ -1,4 +1,5 @@
-"""The run queues (`{ns}.run.{workflow}`): advance instances, one round per message."""
+"""The run and wake queues (`{ns}.run.{workflow}`, `{ns}.wake.{workflow}`): advance
+instances, one round per message."""
 
 from __future__ import annotations
 

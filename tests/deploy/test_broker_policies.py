@@ -81,7 +81,7 @@ async def test_the_shipped_policies_are_accepted_and_select_the_consuming_queues
             channel = await connection.channel()
             await topology.declare_exchanges(channel)
             await topology.declare_ingress_queue(channel)
-            await topology.declare_run_queue(channel, WORKFLOW)
+            await topology.declare_run_queues(channel, WORKFLOW)
         listed = rabbitmqctl("list_queues", "--quiet", "--no-table-headers", "name", "policy")
     finally:
         await delete_namespace(namespace, [WORKFLOW])
@@ -92,6 +92,8 @@ async def test_the_shipped_policies_are_accepted_and_select_the_consuming_queues
     assert policy_of == {
         topology.ingress_queue: consuming,
         topology.run_queue(WORKFLOW): consuming,
+        topology.wake_queue(WORKFLOW): consuming,
         f"{topology.ingress_queue}.dead": "",
         f"{topology.run_queue(WORKFLOW)}.dead": "",
+        f"{topology.wake_queue(WORKFLOW)}.dead": "",
     }

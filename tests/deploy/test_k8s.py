@@ -233,7 +233,11 @@ def test_every_container_runs_as_non_root_with_memory_limits() -> None:
 def _queue_names(namespace: str) -> dict[str, bool]:
     """Every queue name Warren declares for one workflow -> whether it holds work to do."""
     topology = Topology(namespace)
-    work = [topology.ingress_queue, topology.run_queue("ship-order")]
+    work = [
+        topology.ingress_queue,
+        topology.run_queue("ship-order"),
+        topology.wake_queue("ship-order"),
+    ]
     return {
         **dict.fromkeys(work, True),
         **dict.fromkeys((f"{name}.dead" for name in work), False),
@@ -247,7 +251,7 @@ def test_workflow_names_cannot_contain_the_dot_the_queue_patterns_rely_on() -> N
     assert not re.match(ID_PATTERN, "ship.order.dead")
 
 
-def test_keda_scales_on_the_ingress_and_run_queues_only() -> None:
+def test_keda_scales_on_the_ingress_run_and_wake_queues_only() -> None:
     (trigger,) = find(base(), "ScaledObject", "warren-worker")["spec"]["triggers"]
     # RE2 (KEDA is Go) and Python agree on this pattern: no look-around, no back-references.
     pattern = re.compile(trigger["metadata"]["queueName"])
@@ -275,7 +279,11 @@ def test_policies_match_exactly_the_queues_whose_tunables_they_set() -> None:
         name: [n for n in names if re.search(spec["pattern"], n)] for name, spec in policies.items()
     }
     assert matched == {
-        "warren-consuming-queues": ["warren.ingress", "warren.run.ship-order"],
+        "warren-consuming-queues": [
+            "warren.ingress",
+            "warren.run.ship-order",
+            "warren.wake.ship-order",
+        ],
         "warren-parked-wakeups": [PARKING],
     }
 

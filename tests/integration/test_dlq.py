@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractConnection
 from processor import Workflow, WorkflowEvent, WorkflowStep
 from processor.broker.admin import DeadLetters
 from processor.broker.topology import DELIVERY_LIMIT, Topology
+from schemas import RunInstance
 from tests.conftest import BROKER_URL, TestEnv, assert_eventually
 from tests.integration.helpers import Wire, created, open_wire
 
@@ -93,7 +94,11 @@ async def test_dead_letters_are_listed_in_order_and_redriven_once_their_cause_is
     dead_queue = f"{wire.topology.ingress_queue}.dead"
     await until_count(wire, dead_queue, 3)
     queues = dead_letters.queues(["dlq-echo"])
-    assert queues == [dead_queue, f"{wire.topology.run_queue('dlq-echo')}.dead"]
+    assert queues == [
+        dead_queue,
+        f"{wire.topology.run_queue('dlq-echo')}.dead",
+        f"{wire.topology.wake_queue('dlq-echo')}.dead",
+    ]
 
     listed = await dead_letters.list(queues)
 
@@ -129,24 +134,32 @@ async def test_messages_the_broker_dead_lettered_are_redriven_without_its_header
     # A worker registers the workflow and declares the queues; none consumes them afterwards.
     await env.stop_worker(await env.start_worker(Echo))
     ingress, run = wire.topology.ingress_queue, wire.topology.run_queue("dlq-echo")
+    wake = wire.topology.wake_queue("dlq-echo")
     await wire.publish("instance.create", {"workflow": "dlq-echo", "id": "crash-1"}, message_id="i")
     await env.client.create(Echo, {"n": 2}, id="crash-2")
-    for queue in (ingress, run):
+    runtime = env.client.runtime
+    wake_up = RunInstance(instance_id="crash-2", wake_at=runtime.clock.now())
+    await runtime.publisher.publish_run(
+        "dlq-echo", wake_up.model_dump_json().encode(), "w", wake_up.wake_at
+    )
+    for queue in (ingress, run, wake):
         await exhaust_deliveries(wire, queue)
 
     queues = dead_letters.queues(["dlq-echo"])
     listed = {letter.queue: letter for letter in await dead_letters.list(queues)}
-    assert sorted(listed) == [f"{ingress}.dead", f"{run}.dead"]
-    for queue in (ingress, run):
+    assert sorted(listed) == [f"{ingress}.dead", f"{run}.dead", f"{wake}.dead"]
+    for queue in (ingress, run, wake):
         letter = listed[f"{queue}.dead"]
         assert letter.reason == f"dead-lettered by the broker: delivery_limit in {queue}"
         assert letter.dead_at is not None
-    assert listed[f"{run}.dead"].exchange == wire.topology.engine_exchange
-    assert listed[f"{run}.dead"].routing_key == "run.dlq-echo"
+    # A dead wake-up goes back as a run message (a round re-delays one still early).
+    for queue in (run, wake):
+        assert listed[f"{queue}.dead"].exchange == wire.topology.engine_exchange
+        assert listed[f"{queue}.dead"].routing_key == "run.dlq-echo"
 
     report = await dead_letters.redrive(queues)
 
-    assert len(report.redriven) == 2
+    assert len(report.redriven) == 3
     for queue in (ingress, run):
         assert await wire.message_count(f"{queue}.dead") == 0
         fresh = await (await wire.channel.declare_queue(queue, passive=True)).get(no_ack=False)

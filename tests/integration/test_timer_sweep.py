@@ -1,9 +1,10 @@
-"""The timer sweep (`Worker.sweep_overdue_timers`) republishes a wake-up only once its run
+"""The timer sweep (`Worker.sweep_overdue_timers`) republishes a wake-up only once its wake
 queue has been seen empty since the wake-up was due: a backlog holds wake-ups up, it does not
 lose them. A running attempt's lease has no message to wait for and is swept on time alone.
+What the sweep republishes goes to the wake queue too, whose readings decide the next sweep.
 
 Each test calls the sweep itself, on a worker that has stopped consuming (so messages stay in
-the run queue until the test lets them go) and whose own sweeps are put off."""
+their queue until the test lets them go) and whose own sweeps are put off."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from processor import Worker, Workflow, WorkflowEvent, WorkflowStep
 from processor.broker.topology import ready_count
 from processor.store.tables import StepRow, new_row
-from schemas import StepKind, StepStatusName
+from schemas import RunInstance, StepKind, StepStatusName
 from tests.conftest import TestEnv, assert_eventually
 from tests.integration.helpers import Wire, open_wire
 
@@ -57,7 +58,7 @@ async def queued(wire: Wire, queue: str, count: int) -> None:
 
 async def napping_on_an_idle_worker(env: TestEnv) -> tuple[Worker, Any]:
     """An instance asleep, on a worker that no longer consumes: its wake-up will stay queued.
-    The worker has seen the run queue empty before the wake-up could arrive."""
+    The worker has seen the wake queue empty before the wake-up could arrive."""
     worker = await env.start_worker(Nap)
     instance = await env.client.create(Nap)
 
@@ -72,7 +73,7 @@ async def napping_on_an_idle_worker(env: TestEnv) -> tuple[Worker, Any]:
 
 async def test_a_wake_up_held_up_in_a_backlog_is_not_republished(env: TestEnv) -> None:
     worker, instance = await napping_on_an_idle_worker(env)
-    queue = worker.runtime.topology.run_queue(Nap.name)
+    queue = worker.runtime.topology.wake_queue(Nap.name)
     async with open_wire(env) as wire:
         await queued(wire, queue, 1)  # due now, and waiting for a worker
 
@@ -86,7 +87,7 @@ async def test_a_wake_up_held_up_in_a_backlog_is_not_republished(env: TestEnv) -
 
 async def test_a_lost_wake_up_is_republished_once_the_queue_is_seen_empty(env: TestEnv) -> None:
     worker, instance = await napping_on_an_idle_worker(env)
-    queue = worker.runtime.topology.run_queue(Nap.name)
+    queue = worker.runtime.topology.wake_queue(Nap.name)
     async with open_wire(env) as wire:
         await queued(wire, queue, 1)
         assert len(await wire.take(queue)) == 1  # the wake-up is lost
@@ -104,9 +105,10 @@ async def test_a_lapsed_lease_is_swept_while_the_queue_is_never_seen_empty(env: 
     worker = await env.start_worker(Hello)
     await worker._stop_consuming()
     instance = await env.client.create(Hello)  # its run message stays queued
-    queue = worker.runtime.topology.run_queue(Hello.name)
+    run_queue = worker.runtime.topology.run_queue(Hello.name)
+    wake_queue = worker.runtime.topology.wake_queue(Hello.name)
     async with open_wire(env) as wire:
-        await queued(wire, queue, 1)
+        await queued(wire, run_queue, 1)
         # An attempt claimed by a worker that is gone, its lease over a minute ago.
         async with worker.runtime.database.transaction() as session:
             session.add(
@@ -125,7 +127,8 @@ async def test_a_lapsed_lease_is_swept_while_the_queue_is_never_seen_empty(env: 
             )
 
         assert await worker.sweep_overdue_timers() == 1
-        await queued(wire, queue, 2)
+        await queued(wire, wake_queue, 1)
+        assert await wire.message_count(run_queue) == 1
     await worker._start_consuming()
     assert await instance.result(timeout=20) == "hello"
 
@@ -137,7 +140,7 @@ class Other(Workflow[dict[str, Any]]):
         return await step.do("hello", hello)
 
 
-async def test_a_run_queue_that_cannot_be_read_leaves_the_others_swept(
+async def test_a_wake_queue_that_cannot_be_read_leaves_the_others_swept(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker = await env.start_worker(Nap, Other)
@@ -148,12 +151,12 @@ async def test_a_run_queue_that_cannot_be_read_leaves_the_others_swept(
 
     await assert_eventually(asleep, what="the instance to sleep")
     await worker._stop_consuming()
-    nap_queue = worker.runtime.topology.run_queue(Nap.name)
+    nap_queue = worker.runtime.topology.wake_queue(Nap.name)
     async with open_wire(env) as wire:
         await queued(wire, nap_queue, 1)
         assert len(await wire.take(nap_queue)) == 1  # the wake-up is lost
-        # Reading another workflow's run queue fails on every sweep (deleted, say).
-        other_queue = worker.runtime.topology.run_queue(Other.name)
+        # Reading another workflow's wake queue fails on every sweep (deleted, say).
+        other_queue = worker.runtime.topology.wake_queue(Other.name)
 
         async def unreadable_other(channel: Any, queue: str) -> int:
             if queue == other_queue:
@@ -172,12 +175,15 @@ async def test_a_wake_up_overdue_by_the_ceiling_is_swept_even_in_a_backlog(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker, instance = await napping_on_an_idle_worker(env)
-    queue = worker.runtime.topology.run_queue(Nap.name)
+    queue = worker.runtime.topology.wake_queue(Nap.name)
     monkeypatch.setattr("processor.worker.TIMER_SWEEP_CEILING", timedelta(0))
     async with open_wire(env) as wire:
         await queued(wire, queue, 1)
         assert len(await wire.take(queue)) == 1  # lost, and the queue never drains again:
-        await env.client.create(Nap)  # other work keeps a message ready in it
+        body = RunInstance(instance_id="another", wake_at=worker.runtime.clock.now())
+        await worker.runtime.publisher.publish_run(  # another wake-up keeps it not empty
+            Nap.name, body.model_dump_json().encode(), "another", body.wake_at
+        )
         await queued(wire, queue, 1)
 
         assert await worker.sweep_overdue_timers() == 1

@@ -22,7 +22,7 @@ async def test_delayed_messages_arrive_once_and_never_early(env: TestEnv) -> Non
     async with connection:
         channel = await connection.channel()
         await runtime.topology.declare_exchanges(channel)
-        queue = await runtime.topology.declare_run_queue(channel, "probe")
+        _, queue = await runtime.topology.declare_run_queues(channel, "probe")
         env._workflows.add("probe")
         rng = random.Random(7)
         due: dict[str, datetime] = {}

@@ -17,7 +17,7 @@ from processor.broker.topology import (
 )
 from processor.consumers.base import original_routing_key
 
-TARGET = "t1.run.ship-order"
+TARGET = "t1.wake.ship-order"
 
 
 def split(key: str) -> tuple[list[str], str]:
@@ -85,9 +85,16 @@ def test_run_queues_and_keys_carry_the_namespace_and_workflow() -> None:
     topology = Topology("t1")
     assert topology.ingress_exchange == "t1.ingress"
     assert topology.run_queue("ship-order") == "t1.run.ship-order"
+    assert topology.wake_queue("ship-order") == "t1.wake.ship-order"
     assert topology.delayed_key("ship-order") == TARGET
-    assert "t1.ingress.dead" in topology.queue_names(["ship-order"])
-    assert "t1.run.ship-order.dead" in topology.queue_names(["ship-order"])
+    assert set(topology.queue_names(["ship-order"])) == {
+        "t1.ingress",
+        "t1.run.ship-order",
+        "t1.wake.ship-order",
+        "t1.ingress.dead",
+        "t1.run.ship-order.dead",
+        "t1.wake.ship-order.dead",
+    }
 
 
 def test_the_original_routing_key_is_recovered_from_a_cascade_copy() -> None:

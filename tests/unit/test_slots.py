@@ -1,0 +1,66 @@
+"""The worker's concurrency slots (`processor.consumers.slots.Slots`): a freed slot goes to a
+waiting wake-up first, and a waiter that gives up neither keeps nor loses a slot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from processor.consumers.slots import Slots
+
+
+async def waiting(slots: Slots, order: list[str], name: str, *, wake_up: bool = False) -> None:
+    await slots.acquire(wake_up=wake_up)
+    order.append(name)
+
+
+async def test_a_freed_slot_goes_to_a_wake_up_before_runs_that_waited_longer() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    order: list[str] = []
+    runs = [asyncio.create_task(waiting(slots, order, f"run {n}")) for n in range(3)]
+    await asyncio.sleep(0)
+    wake = asyncio.create_task(waiting(slots, order, "wake-up", wake_up=True))
+    await asyncio.sleep(0)
+    assert slots.locked()
+
+    for _ in range(4):
+        slots.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(wake, *runs)
+
+    assert order == ["wake-up", "run 0", "run 1", "run 2"]
+    assert slots.locked()  # the last run still holds the only slot
+    slots.release()
+    assert not slots.locked()
+
+
+async def test_a_waiter_that_gives_up_leaves_the_slot_to_the_next() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await slots.acquire(wake_up=True)
+    order: list[str] = []
+    run = asyncio.create_task(waiting(slots, order, "run"))
+    await asyncio.sleep(0)
+    slots.release()
+    await run
+    assert order == ["run"]
+
+
+async def test_a_slot_handed_to_a_waiter_cancelled_at_that_moment_is_passed_on() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    order: list[str] = []
+    cancelled = asyncio.create_task(waiting(slots, order, "cancelled", wake_up=True))
+    run = asyncio.create_task(waiting(slots, order, "run"))
+    await asyncio.sleep(0)
+    slots.release()  # hands the slot to the wake-up, which is cancelled before it resumes
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    await run
+    assert order == ["run"]
+    slots.release()
+    assert not slots.locked()
