@@ -64,8 +64,7 @@ class Wire:
 
     def dead_queues(self, *workflows: str) -> list[str]:
         return [
-            f"{self.topology.ingress_queue}.dead",
-            *(f"{self.topology.run_queue(w)}.dead" for w in workflows),
+            name for name in self.topology.queue_names(list(workflows)) if name.endswith(".dead")
         ]
 
 

@@ -1,5 +1,6 @@
 """The worker's concurrency slots (`processor.consumers.slots.Slots`): a freed slot goes to a
-waiting wake-up first, and a waiter that gives up neither keeps nor loses a slot."""
+waiting wake-up before other deliveries that arrived up to WAKE_UP_HEAD_START_S before it, and
+a waiter that gives up neither keeps nor loses a slot."""
 
 from __future__ import annotations
 
@@ -34,6 +35,26 @@ async def test_a_freed_slot_goes_to_a_wake_up_before_runs_that_waited_longer() -
     assert slots.locked()  # the last run still holds the only slot
     slots.release()
     assert not slots.locked()
+
+
+async def test_a_run_that_waited_longer_than_the_head_start_goes_before_a_wake_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("processor.consumers.slots.WAKE_UP_HEAD_START_S", 0.05)
+    slots = Slots(1)
+    await slots.acquire()
+    order: list[str] = []
+    run = asyncio.create_task(waiting(slots, order, "run"))
+    await asyncio.sleep(0.1)
+    wake = asyncio.create_task(waiting(slots, order, "wake-up", wake_up=True))
+    await asyncio.sleep(0)
+
+    slots.release()
+    await run
+    slots.release()
+    await wake
+
+    assert order == ["run", "wake-up"]
 
 
 async def test_a_waiter_that_gives_up_leaves_the_slot_to_the_next() -> None:
