@@ -31,6 +31,7 @@ from processor.store import queries
 from processor.store.database import Database
 from processor.store.driver import DriverSession
 from processor.store.tables import InstanceRow, OutboxRow
+from schemas import MAX_WAKE_GROUP, RunInstance
 
 log = logging.getLogger("warren.runtime")
 T = TypeVar("T")
@@ -41,6 +42,9 @@ S = TypeVar("S", AsyncSession, DriverSession)
 RELAY_AFTER = timedelta(seconds=5)
 #: How often published outbox rows are deleted, in one statement per batch.
 OUTBOX_DELETE_INTERVAL = 0.2
+#: Wake-ups due this far ahead or more may share a message (`Runtime._group_wake_ups`); a
+#: nearer one passes few cascade levels, and splitting a shared one costs a publish each.
+GROUP_WAKE_UPS_AFTER = timedelta(seconds=1)
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -181,25 +185,54 @@ class Runtime:
 
     async def publish_outbox(self, rows: list[OutboxRow]) -> list[int]:
         """Publish committed outbox rows concurrently; returns the ids of those published. A
-        failure leaves its row for the relay."""
+        failure leaves its rows for the relay."""
+        messages = self._group_wake_ups(rows)
         results = await asyncio.gather(
             *(
-                self.publisher.publish_run(
-                    row.workflow, row.body.encode(), row.message_id, row.wake_at
-                )
-                for row in rows
+                self.publisher.publish_run(first.workflow, body, first.message_id, first.wake_at)
+                for (first, *_), body in messages
             ),
             return_exceptions=True,
         )
         published = []
-        for row, result in zip(rows, results, strict=True):
+        for (group, _), result in zip(messages, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning(
-                    "publish of outbox row %s failed, the relay will retry: %r", row.id, result
+                    "publish of outbox rows %s failed, the relay will retry: %r",
+                    [row.id for row in group],
+                    result,
                 )
-            elif row.id is not None:
-                published.append(row.id)
+            else:
+                published += [row.id for row in group if row.id is not None]
         return published
+
+    def _group_wake_ups(self, rows: list[OutboxRow]) -> list[tuple[list[OutboxRow], bytes]]:
+        """The messages for `rows`, each with the rows it stands for: one per row, except that
+        wake-ups of one workflow due at the same time, GROUP_WAKE_UPS_AFTER or more from now
+        (the instances a round transaction parks on the same sleep), go as one. Each passes
+        one cascade level per 1 bit of its delay in ms, a dead-lettering in the broker: for
+        many instances waking at once that work, not the workers, made them late (README,
+        Performance)."""
+        messages: list[tuple[list[OutboxRow], bytes]] = []
+        groups: dict[tuple[str, datetime], list[OutboxRow]] = {}
+        later = self.clock.now() + GROUP_WAKE_UPS_AFTER
+        for row in rows:
+            if row.wake_at is not None and row.wake_at >= later:
+                groups.setdefault((row.workflow, row.wake_at), []).append(row)
+            else:
+                messages.append(([row], row.body.encode()))
+        for group in groups.values():
+            for start in range(0, len(group), MAX_WAKE_GROUP + 1):
+                part = group[start : start + MAX_WAKE_GROUP + 1]
+                if len(part) == 1:
+                    messages.append((part, part[0].body.encode()))
+                    continue
+                ids = [RunInstance.model_validate_json(row.body).instance_id for row in part]
+                body = RunInstance(
+                    instance_id=ids[0], wake_at=part[0].wake_at, more_instance_ids=ids[1:]
+                )
+                messages.append((part, body.model_dump_json(exclude_none=True).encode()))
+        return messages
 
     async def relay_stale_outbox(self, limit: int = 500) -> int:
         """Publish outbox rows their writer left behind. Returns how many were published.

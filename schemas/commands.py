@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 #: Instance ids and workflow names: safe in a URL, a routing key and a log line.
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$"
@@ -26,6 +26,8 @@ EventType = Annotated[
 
 #: Largest message body Warren accepts; bigger ones are dead-lettered.
 MAX_MESSAGE_BYTES = 1024 * 1024
+#: Most instances one wake-up carries (ids of up to 100 characters: far under the byte limit).
+MAX_WAKE_GROUP = 1000
 
 
 class WireModel(BaseModel):
@@ -67,12 +69,19 @@ class RunInstance(WireModel):
 
     `wake_at` is set on timer wake-ups (sleeps, retry back-offs, event timeouts); a copy that
     arrives early is delayed again, and a stale one changes nothing because the replay reads
-    the due times from SQL.
+    the due times from SQL. `more_instance_ids`: other instances due at the same `wake_at`
+    (parked in one transaction), carried by one wake-up through the delay cascade instead of
+    one each; the consumer splits it into one wake-up per instance.
     """
 
     kind: Literal["run"] = "run"
     instance_id: InstanceId
     wake_at: AwareDatetime | None = None
+    #: None, not empty, when alone: then absent from the JSON, which workers of versions
+    #: before it (extra="forbid") take as before.
+    more_instance_ids: (
+        Annotated[list[InstanceId], Field(min_length=1, max_length=MAX_WAKE_GROUP)] | None
+    ) = None
 
 
 #: The routing key of each ingress command.
@@ -87,6 +96,7 @@ __all__ = [
     "ID_PATTERN",
     "INGRESS_ROUTES",
     "MAX_MESSAGE_BYTES",
+    "MAX_WAKE_GROUP",
     "ControlAction",
     "ControlInstance",
     "CreateInstance",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from concurrent.futures import Executor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -53,11 +53,35 @@ class RunConsumer:
                 workflow, message.body, queries.new_message_id(), command.wake_at
             )
             return None
+        if command.more_instance_ids:
+            instance_ids = [command.instance_id, *command.more_instance_ids]
+            await self._split(workflow, instance_ids, command.wake_at)
+            return None
         work = await self.runtime.database.retry(lambda: self.rounds.submit(command.instance_id))
         if work is None:
             return None
         return functools.partial(
             run_claimed, self.runtime, work, self.claimant, self.executor, self.recorder
+        )
+
+    async def _split(
+        self, workflow: str, instance_ids: list[str], wake_at: datetime | None
+    ) -> None:
+        """Publish a wake-up carrying several instances as one wake-up each, to the wake queue
+        now: each then takes a slot of its own, as `concurrency` counts instances. A failure
+        requeues the whole, and a copy of a wake-up only costs a round."""
+        await asyncio.gather(
+            *(
+                self.runtime.publisher.publish_run(
+                    workflow,
+                    RunInstance(instance_id=instance_id, wake_at=wake_at)
+                    .model_dump_json(exclude_none=True)
+                    .encode(),
+                    queries.new_message_id(),
+                    wake_at,
+                )
+                for instance_id in instance_ids
+            )
         )
 
     async def aclose(self, timeout: float) -> None:

@@ -1,0 +1,52 @@
+"""Instances parked on the same due time in one transaction share one wake-up through the delay
+cascade (`Runtime._group_wake_ups`), which the consumer splits into one wake-up each."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from processor import Workflow, WorkflowEvent, WorkflowStep
+from processor.engine.rounds import replay_rounds
+from schemas import RunInstance
+from tests.conftest import TestEnv, assert_eventually
+from tests.integration.helpers import open_wire
+
+
+async def hello() -> str:
+    return "hello"
+
+
+class Nap(Workflow[dict[str, Any]]):
+    name = "wake-group-nap"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> str:
+        await step.sleep("nap", "2 seconds")
+        return await step.do("hello", hello)
+
+
+async def test_instances_parked_together_share_one_wake_up_split_on_arrival(env: TestEnv) -> None:
+    worker = await env.start_worker(Nap)
+    await worker._stop_consuming()
+    instances = [await env.client.create(Nap) for _ in range(3)]
+    ids = [instance.id for instance in instances]
+    # Their first rounds, in one transaction: each parks on the same due time.
+    works = await replay_rounds(worker.runtime, worker.registry, worker.claimant, ids)
+    assert works == [None, None, None]
+    wake_queue = worker.runtime.topology.wake_queue(Nap.name)
+    async with open_wire(env) as wire:
+
+        async def arrived() -> bool:
+            return await wire.message_count(wake_queue) >= 1
+
+        await assert_eventually(arrived, what="the wake-up")
+        (message,) = await wire.take(wake_queue)
+    wake_up = RunInstance.model_validate(json.loads(message.body))
+    assert wake_up.wake_at is not None
+    assert sorted([wake_up.instance_id, *(wake_up.more_instance_ids or [])]) == sorted(ids)
+
+    # Back into the queue as it came, for the worker to split.
+    await worker.runtime.publisher.publish_run(Nap.name, message.body, "the-group", wake_up.wake_at)
+    await worker._start_consuming()
+    for instance in instances:
+        assert await instance.result(timeout=20) == "hello"
