@@ -95,6 +95,15 @@ class Tx(Generic[S]):
     now: datetime
     outbox: list[OutboxRow] = field(default_factory=list)
 
+    def start_now(self, now: datetime) -> None:
+        """Count the transaction's time from `now`, once it holds its instances' locks: on
+        SQLite the write lock comes with the first statement, and the wait for it (another
+        writer's transaction) would otherwise come out of every sleep and back-off the
+        transaction starts."""
+        if self.outbox:
+            raise RuntimeError("the transaction has emitted messages at its earlier time")
+        self.now = now
+
     def emit_run(self, instance: InstanceRow, wake_at: datetime | None = None) -> None:
         """Publish a run message for `instance` after commit (at `wake_at`, if given; a timer's
         due time is also on its step row, for the sweeper)."""

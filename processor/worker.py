@@ -211,7 +211,8 @@ class Worker:
         for name in sorted(self.registry):
             run_queue, wake_queue = await topology.declare_run_queues(channel, name)
             self._subscribe(run_queue, functools.partial(runs.handle, name))
-            self._subscribe(wake_queue, functools.partial(runs.handle, name), wake_ups=True)
+            wake_ups = functools.partial(runs.handle, name, wake_up=True)
+            self._subscribe(wake_queue, wake_ups, wake_ups=True)
         self._depth_channel = await runtime.connection.channel()
         await self._start_consuming()
         self._heartbeat = asyncio.create_task(self._every(HEARTBEAT_INTERVAL_S, self._beat))

@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from processor.consumers.base import FollowUp
 from processor.consumers.decoding import decode
+from processor.consumers.slots import WAKE_UP_HEAD_START_S
 from processor.engine.replay import Claimant
 from processor.engine.rounds import outcome_recorder, round_runner, run_claimed
 from processor.runtime import Runtime
@@ -39,9 +40,12 @@ class RunConsumer:
         self.rounds = round_runner(runtime, registry, claimant)
         self.recorder = outcome_recorder(runtime)
 
-    async def handle(self, workflow: str, message: AbstractIncomingMessage) -> FollowUp | None:
+    async def handle(
+        self, workflow: str, message: AbstractIncomingMessage, *, wake_up: bool = False
+    ) -> FollowUp | None:
         """Replay the instance and commit its claims; running the claimed attempts is the
-        follow-up, after the ack."""
+        follow-up, after the ack. A wake-up's round is queued with the head start its slot
+        had (consumers/slots.py)."""
         command = decode(message, RunInstance)
         if (
             command.wake_at is not None
@@ -57,7 +61,10 @@ class RunConsumer:
             instance_ids = [command.instance_id, *command.more_instance_ids]
             await self._split(workflow, instance_ids, command.wake_at)
             return None
-        work = await self.runtime.database.retry(lambda: self.rounds.submit(command.instance_id))
+        head_start = WAKE_UP_HEAD_START_S if wake_up else 0.0
+        work = await self.runtime.database.retry(
+            lambda: self.rounds.submit(command.instance_id, head_start=head_start)
+        )
         if work is None:
             return None
         return functools.partial(

@@ -5,28 +5,35 @@ round trips and commits, not the statements' work, are what a step costs. A `Bat
 most `slots` batches at once: when a request arrives with a slot free, it goes alone, at once
 (an idle worker adds no latency); requests that arrive while every slot is busy wait and go
 together into the next batch. So the busier the worker, the more each transaction carries.
+Waiting requests go in the order they arrived, but one submitted with a head start counts as
+arrived that much earlier (a wake-up's round: see consumers/slots.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections import deque
+import heapq
+import itertools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-@dataclass
+@dataclass(order=True)
 class _Request(Generic[Item, Result]):
-    item: Item
-    future: asyncio.Future[Result]
+    #: When it counts as arrived (the loop's time less its head start), then the order of
+    #: submission: the queue's order.
+    arrived: float
+    number: int
+    item: Item = field(compare=False)
+    future: asyncio.Future[Result] = field(compare=False)
     #: The submitter's context: a batch runs in its first request's, so that its SQL spans
     #: and logs go with a request that is waiting for it.
-    context: contextvars.Context
+    context: contextvars.Context = field(compare=False)
 
 
 class Batcher(Generic[Item, Result]):
@@ -54,17 +61,22 @@ class Batcher(Generic[Item, Result]):
         self._max_size = max_size
         self._isolate = isolate
         self._orphaned = orphaned
-        self._queue: deque[_Request[Item, Result]] = deque()
+        self._queue: list[_Request[Item, Result]] = []  # a heap
+        self._numbers = itertools.count()
         #: Counted down as a drain leaves its loop, in the same step: a request queued after
         #: that finds the slot free (a done callback would free it a loop turn later, and a
         #: request queued in between would wait for the next submitter).
         self._draining = 0
         self._drains: set[asyncio.Task[None]] = set()
 
-    async def submit(self, item: Item) -> Result:
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        request = _Request(item, future, contextvars.copy_context())
-        self._queue.append(request)
+    async def submit(self, item: Item, *, head_start: float = 0.0) -> Result:
+        """The item's result, once a batch carrying it has run; `head_start` (seconds) puts
+        it ahead of waiting items that arrived less than that before it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        arrived = loop.time() - head_start
+        request = _Request(arrived, next(self._numbers), item, future, contextvars.copy_context())
+        heapq.heappush(self._queue, request)
         if self._draining < self._slots:
             self._draining += 1
             drain = asyncio.create_task(self._drain())
@@ -88,7 +100,7 @@ class Batcher(Generic[Item, Result]):
             while self._queue:
                 batch: list[_Request[Item, Result]] = []
                 while self._queue and len(batch) < self._max_size:
-                    request = self._queue.popleft()
+                    request = heapq.heappop(self._queue)
                     if not request.future.cancelled():
                         batch.append(request)
                 if not batch:

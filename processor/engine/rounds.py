@@ -139,6 +139,7 @@ async def _replay_rounds(
     with ExitStack() as scope:
         async with runtime.step_transaction() as tx:
             locked = await driver.lock_instances(tx.session, instance_ids)
+            tx.start_now(runtime.clock.now())
             instances = [row for row in locked.values() if row.workflow in registry]
             steps = await driver.load_steps_of(
                 tx.session, [row.id for row in instances if _is_advancing(row)]
@@ -355,6 +356,7 @@ async def record_outcomes(
         instances = await driver.lock_instances(
             tx.session, [ended.work.instance_id for ended in batch]
         )
+        tx.start_now(runtime.clock.now())
         # Read before the instances change: a change is written before the next statement
         # (autoflush), and this way all of an instance's go in one UPDATE at the commit.
         steps = await driver.get_steps(

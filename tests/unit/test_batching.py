@@ -58,6 +58,25 @@ async def test_items_that_arrive_while_every_slot_is_busy_share_the_next_batch()
     assert recorder.batches == [[1], [2, 3, 4], [5]]  # at most max_size each, in order
 
 
+async def test_an_item_with_a_head_start_passes_those_that_arrived_less_before_it() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = Batcher(recorder.run, slots=1, max_size=2, isolate=is_bad)
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.01)  # the first batch is under way, held
+    old = asyncio.create_task(batcher.submit(2))
+    await asyncio.sleep(0.2)
+    recent = [asyncio.create_task(batcher.submit(item)) for item in (3, 4)]
+    await asyncio.sleep(0.01)
+    wake_up = asyncio.create_task(batcher.submit(5, head_start=0.1))
+    await asyncio.sleep(0.01)
+    recorder.release.set()
+
+    assert await asyncio.gather(first, old, *recent, wake_up) == [10, 20, 30, 40, 50]
+    # 5 counts as arrived 0.1 s early: after 2 (0.2 s before it), before 3 and 4.
+    assert recorder.batches == [[1], [2, 5], [3, 4]]
+
+
 async def test_a_failing_batch_runs_again_item_by_item_so_only_the_bad_item_fails() -> None:
     recorder = Recorder()
     recorder.release.clear()
