@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
+from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
@@ -236,7 +237,11 @@ class Runtime:
                 if len(part) == 1:
                     messages.append((part, part[0].body.encode()))
                     continue
-                ids = [RunInstance.model_validate_json(row.body).instance_id for row in part]
+                try:
+                    ids = [RunInstance.model_validate_json(row.body).instance_id for row in part]
+                except ValidationError:  # not written by this version: each goes as it is
+                    messages += [([row], row.body.encode()) for row in part]
+                    continue
                 body = RunInstance(
                     instance_id=ids[0], wake_at=part[0].wake_at, more_instance_ids=ids[1:]
                 )

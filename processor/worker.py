@@ -21,7 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from processor.broker.topology import ready_count
 from processor.consumers.base import Handler, hand_back, settle
 from processor.consumers.ingress import IngressConsumer
-from processor.consumers.runs import RunConsumer
+from processor.consumers.runs import RunConsumer, is_wake_up_group
 from processor.consumers.slots import Slots
 from processor.engine.replay import WORKER_STALE, Claimant
 from processor.errors import InfrastructureError
@@ -212,7 +212,8 @@ class Worker:
             run_queue, wake_queue = await topology.declare_run_queues(channel, name)
             self._subscribe(run_queue, functools.partial(runs.handle, name))
             wake_ups = functools.partial(runs.handle, name, wake_up=True)
-            self._subscribe(wake_queue, wake_ups, wake_ups=True)
+            split = functools.partial(runs.split, name)
+            self._subscribe(wake_queue, wake_ups, wake_ups=True, split=split)
         self._depth_channel = await runtime.connection.channel()
         await self._start_consuming()
         self._heartbeat = asyncio.create_task(self._every(HEARTBEAT_INTERVAL_S, self._beat))
@@ -234,8 +235,18 @@ class Worker:
             )
         log.info("worker serving %s", ", ".join(sorted(self.registry)))
 
-    def _subscribe(self, queue: AbstractQueue, handler: Handler, *, wake_ups: bool = False) -> None:
+    def _subscribe(
+        self,
+        queue: AbstractQueue,
+        handler: Handler,
+        *,
+        wake_ups: bool = False,
+        split: Callable[[AbstractIncomingMessage], Awaitable[None]] | None = None,
+    ) -> None:
         async def handle(message: AbstractIncomingMessage) -> None:
+            if split is not None and is_wake_up_group(message):
+                await settle(self.runtime, queue.name, message, split)  # needs no slot
+                return
             # Prefetch is per queue (quorum queues have no channel-wide QoS): the slots make
             # `concurrency` a limit for the whole worker.
             try:

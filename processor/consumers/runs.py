@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from concurrent.futures import Executor
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -23,6 +23,12 @@ from schemas import RunInstance
 
 #: A wake-up this early is delayed again rather than run (the cascade rounds to 1 ms).
 EARLY_TOLERANCE = timedelta(milliseconds=2)
+
+
+def is_wake_up_group(message: AbstractIncomingMessage) -> bool:
+    """Whether the message may carry several instances (RunInstance.more_instance_ids): the
+    key cannot occur in a lone wake-up's JSON, whose ids and times have no quotes in them."""
+    return b'"more_instance_ids"' in message.body
 
 
 class RunConsumer:
@@ -47,19 +53,10 @@ class RunConsumer:
         follow-up, after the ack. A wake-up's round is queued with the head start its slot
         had (consumers/slots.py)."""
         command = decode(message, RunInstance)
-        if (
-            command.wake_at is not None
-            and command.wake_at - self.runtime.clock.now() > EARLY_TOLERANCE
-        ):
-            # A fresh message, never the received one: its x-death headers would make the
-            # broker drop it in the cascade (DESIGN.md).
-            await self.runtime.publisher.publish_run(
-                workflow, message.body, queries.new_message_id(), command.wake_at
-            )
+        if await self._delayed_again(workflow, message, command):
             return None
-        if command.more_instance_ids:
-            instance_ids = [command.instance_id, *command.more_instance_ids]
-            await self._split(workflow, instance_ids, command.wake_at)
+        if command.more_instance_ids:  # in the run queue: a dead one redriven, say
+            await self._split(workflow, command)
             return None
         head_start = WAKE_UP_HEAD_START_S if wake_up else 0.0
         work = await self.runtime.database.retry(
@@ -71,12 +68,33 @@ class RunConsumer:
             run_claimed, self.runtime, work, self.claimant, self.executor, self.recorder
         )
 
-    async def _split(
-        self, workflow: str, instance_ids: list[str], wake_at: datetime | None
-    ) -> None:
-        """Publish a wake-up carrying several instances as one wake-up each, to the wake queue
-        now: each then takes a slot of its own, as `concurrency` counts instances. A failure
-        requeues the whole, and a copy of a wake-up only costs a round."""
+    async def split(self, workflow: str, message: AbstractIncomingMessage) -> None:
+        """A wake-up carrying several instances (`is_wake_up_group`), taken on arrival, without
+        a slot: published again as one wake-up each, to the wake queue, where each takes a
+        slot of its own (`concurrency` counts instances). Held for a slot instead, the group
+        would be unacked, and its queue would read as drained to the timer sweep, which would
+        wake every instance in it a second time. A failure requeues the whole, and a copy of a
+        wake-up only costs a round."""
+        command = decode(message, RunInstance)
+        if not await self._delayed_again(workflow, message, command):
+            await self._split(workflow, command)
+
+    async def _delayed_again(
+        self, workflow: str, message: AbstractIncomingMessage, command: RunInstance
+    ) -> bool:
+        """Whether the wake-up came early, and was published again to arrive on time."""
+        if command.wake_at is None or command.wake_at - self.runtime.clock.now() <= EARLY_TOLERANCE:
+            return False
+        # A fresh message, never the received one: its x-death headers would make the
+        # broker drop it in the cascade (DESIGN.md).
+        await self.runtime.publisher.publish_run(
+            workflow, message.body, queries.new_message_id(), command.wake_at
+        )
+        return True
+
+    async def _split(self, workflow: str, command: RunInstance) -> None:
+        wake_at = command.wake_at
+        instance_ids = [command.instance_id, *(command.more_instance_ids or [])]
         await asyncio.gather(
             *(
                 self.runtime.publisher.publish_run(

@@ -1,10 +1,15 @@
 """Instances parked on the same due time in one transaction share one wake-up through the delay
-cascade (`Runtime._group_wake_ups`), which the consumer splits into one wake-up each."""
+cascade (`Runtime._group_wake_ups`), which the consumer splits into one wake-up each, on
+arrival, without waiting for a slot."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import timedelta
 from typing import Any
+
+import pytest
 
 from processor import Workflow, WorkflowEvent, WorkflowStep
 from processor.engine.rounds import replay_rounds
@@ -50,3 +55,49 @@ async def test_instances_parked_together_share_one_wake_up_split_on_arrival(env:
     await worker._start_consuming()
     for instance in instances:
         assert await instance.result(timeout=20) == "hello"
+
+
+#: Set by the test: the step of Hold runs until it is.
+release_hold: asyncio.Event | None = None
+
+
+async def hold() -> str:
+    assert release_hold is not None
+    await release_hold.wait()
+    return "held"
+
+
+class Hold(Workflow[dict[str, Any]]):
+    name = "wake-group-hold"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> str:
+        return await step.do("hold", hold)
+
+
+async def test_a_group_is_split_while_every_slot_is_busy_so_no_sweep_takes_it_for_lost(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    global release_hold
+    release_hold = asyncio.Event()
+    monkeypatch.setattr("processor.worker.SWEEP_INTERVAL_S", 3600.0)  # the test sweeps
+    monkeypatch.setattr("processor.worker.SWEEP_GRACE", timedelta(0))
+    monkeypatch.setattr("processor.worker.CASCADE_LAG", timedelta(0))
+    worker = await env.start_worker(Nap, Hold, concurrency=1)
+    holder = await env.client.create(Hold)
+
+    async def holding() -> bool:
+        return (await holder.status()).status == "running"
+
+    await assert_eventually(holding, what="the only slot to be taken")
+    naps = [await env.client.create(Nap) for _ in range(3)]
+    await replay_rounds(worker.runtime, worker.registry, worker.claimant, [n.id for n in naps])
+    assert await worker.sweep_overdue_timers() == 0  # not due; the wake queue is seen empty
+    await asyncio.sleep(3)  # the group is due (2 s) and has arrived
+
+    # Split on arrival, its wake-ups wait in the queue: none is taken for lost.
+    assert await worker.sweep_overdue_timers() == 0
+
+    release_hold.set()
+    assert await holder.result(timeout=20) == "held"
+    for nap in naps:
+        assert await nap.result(timeout=20) == "hello"

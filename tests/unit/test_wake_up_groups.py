@@ -72,3 +72,19 @@ def test_a_group_larger_than_a_message_may_carry_is_cut() -> None:
         assert [wake_up.instance_id, *(wake_up.more_instance_ids or [])] == [
             json.loads(r.body)["instance_id"] for r in group
         ]
+
+
+def test_a_row_whose_body_this_version_cannot_read_goes_alone() -> None:
+    rt = runtime()
+    later = rt.clock.now() + GROUP_WAKE_UPS_AFTER + timedelta(days=1)
+    rows = [row("a", "w", later), row("b", "w", later), row("c", "w", later)]
+    newer = json.loads(rows[2].body) | {"priority": 1}  # a later version's row, say
+    rows[2].body = json.dumps(newer)
+
+    messages = rt._group_wake_ups(rows)
+
+    assert sorted(tuple(r.message_id for r in group) for group, _ in messages) == [
+        ("m-a",),
+        ("m-b",),
+        ("m-c",),
+    ]
