@@ -24,7 +24,7 @@ from processor.broker.topology import Topology
 from tests.conftest import BROKER_URL, TestEnv, assert_eventually
 from tests.integration.helpers import created
 from tests.integration.test_telemetry_otlp import OtlpReceiver
-from tests.integration.traced_workflows import TracedOrder
+from tests.integration.traced_workflows import LoggingOrder, SleepyCompute, TracedOrder
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +123,8 @@ async def traced_workers(
     """Start worker processes that export spans to the receiver; all are killed afterwards."""
     processes: list[asyncio.subprocess.Process] = []
     settings = {key: value for key, value in env.settings().items() if value is not None}
-    env._workflows.add(TracedOrder.name)
+    # The worker processes serve every workflow of the module: all their queues go at the end.
+    env._workflows.update(workflow.name for workflow in (TracedOrder, SleepyCompute, LoggingOrder))
 
     async def start(name: str) -> asyncio.subprocess.Process:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
