@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import heapq
+import itertools
 
 #: A waiting wake-up takes a freed slot before other deliveries that arrived up to this long
 #: before it, and no longer: a steady stream of wake-ups (say, the back-offs of many steps
 #: retrying through an outage) cannot hold runs and commands up for more than this.
 WAKE_UP_HEAD_START_S = 1.0
 
-Waiter = tuple[float, asyncio.Future[None]]
-
 
 class Slots:
     """`count` slots; a freed slot goes to the waiter that arrived first, counting a wake-up
-    as arrived WAKE_UP_HEAD_START_S earlier than it did.
+    as arrived WAKE_UP_HEAD_START_S earlier than it did (as the batcher orders its requests,
+    engine/batching.py).
 
     A timer is due at a moment, and a wake-up that waits behind a backlog of runs (the first
     rounds of a burst of new instances, say) is late by that backlog; the runs it passes start
@@ -24,8 +24,10 @@ class Slots:
 
     def __init__(self, count: int) -> None:
         self._free = count
-        self._wake_ups: deque[Waiter] = deque()
-        self._others: deque[Waiter] = deque()
+        #: (when it counts as arrived, order of arrival, its future): a heap. A waiter that
+        #: gave up stays in it, cancelled, until it comes to the top.
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._numbers = itertools.count()
 
     def locked(self) -> bool:
         """Whether an acquire would wait."""
@@ -36,26 +38,20 @@ class Slots:
             self._free -= 1
             return
         loop = asyncio.get_running_loop()
-        waiter: Waiter = (loop.time(), loop.create_future())
-        waiters = self._wake_ups if wake_up else self._others
-        waiters.append(waiter)
+        waiter = loop.create_future()
+        arrived = loop.time() - (WAKE_UP_HEAD_START_S if wake_up else 0.0)
+        heapq.heappush(self._waiters, (arrived, next(self._numbers), waiter))
         try:
-            await waiter[1]
+            await waiter
         except asyncio.CancelledError:
-            if waiter[1].done() and not waiter[1].cancelled():
+            if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot just as it gave up: pass it on
-            elif waiter in waiters:  # a release may have dropped it already
-                waiters.remove(waiter)
             raise
 
     def release(self) -> None:
-        for waiters in (self._wake_ups, self._others):
-            while waiters and waiters[0][1].done():  # gave up (cancelled)
-                waiters.popleft()
-        wake_ups, others = self._wake_ups, self._others
-        if wake_ups and (not others or wake_ups[0][0] - WAKE_UP_HEAD_START_S <= others[0][0]):
-            wake_ups.popleft()[1].set_result(None)
-        elif others:
-            others.popleft()[1].set_result(None)
-        else:
-            self._free += 1
+        while self._waiters:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():  # else it gave up (cancelled)
+                waiter.set_result(None)
+                return
+        self._free += 1
