@@ -1,9 +1,9 @@
 """`python -m bench.sql_path`: what one step's SQL costs the worker, four ways.
 
-A step is two transactions on the worker (DESIGN.md, Message flow): the round that replays and
-claims it (lock the instance, load its steps, update both) and the record of its outcome (lock
-the instance, read the step, update both, add the outbox row). This runs that same sequence of
-statements against one instance of ten recorded steps, N times, on a migrated database:
+A step is one transaction on the worker (DESIGN.md, Message flow; engine/rounds.py): the round
+that takes the report of the step before, records it, replays and claims the next (lock the
+instance, load its steps, update the two steps and the instance). This runs that same sequence
+of statements against one instance of ten recorded steps, N times, on a migrated database:
 
 - `orm`: through SQLAlchemy's ORM session, as the engine did before store/driver.py (and as
   commands and sweeps still do);
@@ -35,17 +35,18 @@ import sqlalchemy as sa
 from processor.runtime import run_event_loop
 from processor.store import driver, queries
 from processor.store.database import Database
-from processor.store.tables import InstanceRow, OutboxRow, StepRow
+from processor.store.tables import InstanceRow, StepRow
 
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 INSTANCE = "sql-path"
 STEPS = 10
 LAST = f"s{STEPS - 1}"
+#: The step whose report the round records (it then claims LAST).
+PREVIOUS = f"s{STEPS - 2}"
 WARMUP = 100
 
 INSTANCES: Any = sa.inspect(InstanceRow).local_table
 STEP_ROWS: Any = sa.inspect(StepRow).local_table
-OUTBOX: Any = sa.inspect(OutboxRow).local_table
 
 
 def now() -> datetime:
@@ -57,79 +58,66 @@ async def orm_step(database: Database, attempt: int) -> None:
         instance = await queries.lock_instance(session, INSTANCE)
         assert instance is not None
         steps = await queries.load_steps(session, INSTANCE)
-        instance.updated_at, instance.run_due_at = now(), None
+        steps[-2].status, steps[-2].output = "complete", {"attempt": attempt}
         steps[-1].attempt, steps[-1].status, steps[-1].claimed_by = attempt, "running", "w"
-    async with database.transaction() as session:
-        instance = await queries.lock_instance(session, INSTANCE)
-        assert instance is not None
-        step = await session.get(StepRow, (INSTANCE, LAST))
-        assert step is not None
-        step.status, step.output = "complete", {"attempt": attempt}
-        instance.updated_at, instance.compute_ms = now(), instance.compute_ms + 1
-        queries.add_run_message(session, instance, now())
+        instance.updated_at, instance.run_due_at = now(), None
+        instance.compute_ms += 1
 
 
 async def warren_step(database: Database, attempt: int) -> None:
     async with database.driver_transaction() as session:
         instance = (await driver.lock_instances(session, [INSTANCE]))[INSTANCE]
         steps = (await driver.load_steps_of(session, [INSTANCE]))[INSTANCE]
-        instance.updated_at, instance.run_due_at = now(), None
+        steps[-2].status, steps[-2].output = "complete", {"attempt": attempt}
         steps[-1].attempt, steps[-1].status, steps[-1].claimed_by = attempt, "running", "w"
-    async with database.driver_transaction() as session:
-        instance = (await driver.lock_instances(session, [INSTANCE]))[INSTANCE]
-        step = (await driver.get_steps(session, [(INSTANCE, LAST)]))[(INSTANCE, LAST)]
-        step.status, step.output = "complete", {"attempt": attempt}
-        instance.updated_at, instance.compute_ms = now(), instance.compute_ms + 1
-        queries.add_run_message(session, instance, now())
+        instance.updated_at, instance.run_due_at = now(), None
+        instance.compute_ms += 1
 
 
 LOCK = sa.select(INSTANCES).where(INSTANCES.c.id == sa.bindparam("row_id")).with_for_update()
-LOAD = sa.select(STEP_ROWS).where(STEP_ROWS.c.instance_id == sa.bindparam("row_id"))
-GET_STEP = sa.select(STEP_ROWS).where(
-    STEP_ROWS.c.instance_id == sa.bindparam("row_id"), STEP_ROWS.c.key == sa.bindparam("step_key")
+LOAD_IN_ORDER = (
+    sa.select(STEP_ROWS)
+    .where(STEP_ROWS.c.instance_id == sa.bindparam("row_id"))
+    .order_by(STEP_ROWS.c.seq)
 )
-UPDATE_INSTANCE = sa.update(INSTANCES).where(INSTANCES.c.id == sa.bindparam("row_id"))
 UPDATE_STEP = sa.update(STEP_ROWS).where(
     STEP_ROWS.c.instance_id == sa.bindparam("row_id"), STEP_ROWS.c.key == sa.bindparam("step_key")
 )
-ADD_OUTBOX = sa.insert(OUTBOX).returning(OUTBOX.c.id)
-
-
-CLAIM_INSTANCE = UPDATE_INSTANCE.values(updated_at=sa.bindparam("now"), run_due_at=None)
+COMPLETE_STEP = UPDATE_STEP.values(status="complete", output=sa.bindparam("output"))
 CLAIM_STEP = UPDATE_STEP.values(
     attempt=sa.bindparam("attempt"), status="running", claimed_by=sa.bindparam("worker")
 )
-COMPLETE_STEP = UPDATE_STEP.values(status="complete", output=sa.bindparam("output"))
-SPEND = UPDATE_INSTANCE.values(
-    updated_at=sa.bindparam("now"), compute_ms=INSTANCES.c.compute_ms + sa.bindparam("spent")
+ADVANCE_INSTANCE = (
+    sa.update(INSTANCES)
+    .where(INSTANCES.c.id == sa.bindparam("row_id"))
+    .values(
+        updated_at=sa.bindparam("now"),
+        run_due_at=None,
+        compute_ms=INSTANCES.c.compute_ms + sa.bindparam("spent"),
+    )
 )
-LOAD_IN_ORDER = LOAD.order_by(STEP_ROWS.c.seq)
 
 
 async def core_step(database: Database, attempt: int) -> None:
-    ids = {"row_id": INSTANCE, "step_key": LAST}
     async with database.engine.begin() as conn:
-        (await conn.execute(LOCK, ids)).one()
-        (await conn.execute(LOAD_IN_ORDER, ids)).all()
-        await conn.execute(CLAIM_INSTANCE, {**ids, "now": now()})
-        await conn.execute(CLAIM_STEP, {**ids, "attempt": attempt, "worker": "w"})
-    async with database.engine.begin() as conn:
-        (await conn.execute(LOCK, ids)).one()
-        (await conn.execute(GET_STEP, ids)).one()
-        await conn.execute(COMPLETE_STEP, {**ids, "output": {"attempt": attempt}})
-        await conn.execute(SPEND, {**ids, "now": now(), "spent": 1.0})
-        outbox = {"message_id": uuid.uuid4().hex, "workflow": "w", "body": "{}"}
-        await conn.execute(ADD_OUTBOX, {**outbox, "created_at": now()})
+        (await conn.execute(LOCK, {"row_id": INSTANCE})).one()
+        (await conn.execute(LOAD_IN_ORDER, {"row_id": INSTANCE})).all()
+        reported = {"row_id": INSTANCE, "step_key": PREVIOUS, "output": {"attempt": attempt}}
+        await conn.execute(COMPLETE_STEP, reported)
+        claimed = {"row_id": INSTANCE, "step_key": LAST, "attempt": attempt, "worker": "w"}
+        await conn.execute(CLAIM_STEP, claimed)
+        await conn.execute(ADVANCE_INSTANCE, {"row_id": INSTANCE, "now": now(), "spent": 1.0})
 
 
 #: The driver-level SQL, with $n parameters (rewritten to ? for SQLite).
-DRIVER_ROUND = (
+DRIVER_STEP = (
     ("one", "SELECT * FROM warren_instances WHERE id = $1 FOR UPDATE", ("id",)),
     ("all", "SELECT * FROM warren_steps WHERE instance_id = $1 ORDER BY seq", ("id",)),
     (
         "run",
-        "UPDATE warren_instances SET updated_at = $2, run_due_at = NULL WHERE id = $1",
-        ("id", "now"),
+        "UPDATE warren_steps SET status = 'complete', output = $3 "
+        "WHERE instance_id = $1 AND key = $2",
+        ("id", "previous", "output"),
     ),
     (
         "run",
@@ -137,26 +125,11 @@ DRIVER_ROUND = (
         "WHERE instance_id = $1 AND key = $2",
         ("id", "key", "attempt"),
     ),
-)
-DRIVER_RECORD = (
-    ("one", "SELECT * FROM warren_instances WHERE id = $1 FOR UPDATE", ("id",)),
-    ("one", "SELECT * FROM warren_steps WHERE instance_id = $1 AND key = $2", ("id", "key")),
     (
         "run",
-        "UPDATE warren_steps SET status = 'complete', output = $3 "
-        "WHERE instance_id = $1 AND key = $2",
-        ("id", "key", "output"),
-    ),
-    (
-        "run",
-        "UPDATE warren_instances SET updated_at = $2, compute_ms = compute_ms + 1 WHERE id = $1",
+        "UPDATE warren_instances SET updated_at = $2, run_due_at = NULL, "
+        "compute_ms = compute_ms + 1 WHERE id = $1",
         ("id", "now"),
-    ),
-    (
-        "one",
-        "INSERT INTO warren_outbox (message_id, workflow, body, created_at) "
-        "VALUES ($1, 'w', '{}', $2) RETURNING id",
-        ("message_id", "now"),
     ),
 )
 
@@ -166,9 +139,9 @@ def driver_values(names: tuple[str, ...], attempt: int, sqlite: bool) -> list[An
     values = {
         "id": INSTANCE,
         "key": LAST,
+        "previous": PREVIOUS,
         "attempt": attempt,
         "output": json.dumps({"attempt": attempt}),
-        "message_id": uuid.uuid4().hex,
         # SQLite stores naive UTC (tables.UTCDateTime); asyncpg takes aware datetimes.
         "now": moment.replace(tzinfo=None).isoformat(" ") if sqlite else moment,
     }
@@ -177,16 +150,15 @@ def driver_values(names: tuple[str, ...], attempt: int, sqlite: bool) -> list[An
 
 def postgres_driver(connection: asyncpg.Connection) -> Callable[[int], Awaitable[None]]:
     async def step(attempt: int) -> None:
-        for statements in (DRIVER_ROUND, DRIVER_RECORD):
-            async with connection.transaction():
-                for kind, sql, names in statements:
-                    values = driver_values(names, attempt, sqlite=False)
-                    if kind == "all":
-                        await connection.fetch(sql, *values)
-                    elif kind == "one":
-                        await connection.fetchrow(sql, *values)
-                    else:
-                        await connection.execute(sql, *values)
+        async with connection.transaction():
+            for kind, sql, names in DRIVER_STEP:
+                values = driver_values(names, attempt, sqlite=False)
+                if kind == "all":
+                    await connection.fetch(sql, *values)
+                elif kind == "one":
+                    await connection.fetchrow(sql, *values)
+                else:
+                    await connection.execute(sql, *values)
 
     return step
 
@@ -198,15 +170,14 @@ def sqlite_driver(connection: aiosqlite.Connection) -> Callable[[int], Awaitable
         return sql.replace(" FOR UPDATE", "")  # BEGIN IMMEDIATE holds the write lock
 
     async def step(attempt: int) -> None:
-        for statements in (DRIVER_ROUND, DRIVER_RECORD):
-            await connection.execute("BEGIN IMMEDIATE")
-            for kind, sql, names in statements:
-                cursor = await connection.execute(
-                    sqlite_text(sql), driver_values(names, attempt, sqlite=True)
-                )
-                if kind != "run":
-                    await cursor.fetchall()
-            await connection.commit()
+        await connection.execute("BEGIN IMMEDIATE")
+        for kind, sql, names in DRIVER_STEP:
+            cursor = await connection.execute(
+                sqlite_text(sql), driver_values(names, attempt, sqlite=True)
+            )
+            if kind != "run":
+                await cursor.fetchall()
+        await connection.commit()
 
     return step
 

@@ -20,7 +20,7 @@ FAILPOINTS = {
     "after_commit": "committed, its outbox messages not yet published (runtime.py)",
     "after_publish": "outbox messages published, their rows not yet deleted (runtime.py)",
     "before_ack": "a message's effects committed and published, the message not acked",
-    "mid_step": "a step body returned, its outcome not recorded (engine/rounds.py)",
+    "mid_step": "a step body returned, its report not published (engine/rounds.py)",
     "duplicate_publish": "not a crash: every run message is published twice (broker/publisher.py)",
 }
 

@@ -63,6 +63,8 @@ DEPTH_READ_TIMEOUT_S = 5.0
 SLOT_WAIT_S = 60.0
 #: Processed ingress message ids are kept this long for deduplication.
 DEDUP_RETENTION = timedelta(days=7)
+#: A worker that has not beaten for this long loses its row (its attempts were long lost).
+WORKER_RETENTION = timedelta(days=1)
 #: How often the gauges read from SQL (instances by status, outbox backlog) are refreshed.
 GAUGE_REFRESH_S = 15.0
 
@@ -308,7 +310,7 @@ class Worker:
     async def stop(self) -> None:
         """Stop taking messages, give in-flight work `shutdown_grace` to finish, cancel the
         rest, and disconnect. Unacked messages go back to their queue; cancelled attempts are
-        retried by other workers at once, as this worker leaves the heartbeat table."""
+        released, so other workers retry them at once."""
         for task in self._background:  # first: the outage watcher would consume again
             task.cancel()
         await self._stop_consuming()
@@ -327,11 +329,13 @@ class Worker:
             self._heartbeat = None
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
-        # Before disconnecting: the released messages are redelivered when the connection
-        # closes, and whoever gets them must see this worker gone to retry its attempts at once.
-        with suppress(Exception):
-            async with self.runtime.database.transaction() as session:
-                await queries.forget_worker(session, self.claimant.worker_id)
+        # Attempts it will not report (cancelled above) are retried by other workers at once.
+        # Its row stays: the reports it published are still on their way, and its attempts
+        # count as lost only once it has not beaten for WORKER_STALE.
+        try:
+            await self._release_dropped_attempts()
+        except Exception as error:  # they are taken for lost WORKER_STALE after the last beat
+            log.warning("releasing the attempts this worker will not report failed: %r", error)
         await self.runtime.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._telemetry is not None:
@@ -515,9 +519,24 @@ class Worker:
         self._metrics.set_instance_counts(by_status)
         self._metrics.set_outbox_backlog(backlog)
 
+    async def _release_dropped_attempts(self) -> None:
+        """End the leases of the attempts this process claimed and will not report (see
+        `Claimant.dropped`), and wake their instances."""
+        dropped = sorted(self.claimant.dropped)
+        if not dropped:
+            return
+        async with self.runtime.transaction() as tx:
+            released = await queries.release_attempts(
+                tx.session, self.claimant.worker_id, dropped, tx.now
+            )
+            for instance in released:
+                tx.emit_run(instance)
+        self.claimant.dropped.difference_update(dropped)
+
     async def _forget_old_message_ids(self) -> None:
         async with self.runtime.transaction() as tx:
             await queries.delete_processed_before(tx.session, tx.now - DEDUP_RETENTION)
+            await queries.forget_workers_before(tx.session, tx.now - WORKER_RETENTION)
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
         while True:

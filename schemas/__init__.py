@@ -16,6 +16,7 @@ from schemas.commands import (
     CreateInstance,
     RunInstance,
     SendEvent,
+    StepReport,
     WireModel,
 )
 from schemas.records import (
@@ -45,6 +46,7 @@ __all__ = [
     "SendEvent",
     "StepKind",
     "StepRecord",
+    "StepReport",
     "StepStatusName",
     "WireModel",
 ]

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from schemas.records import ErrorInfo
+
 #: Instance ids and workflow names: safe in a URL, a routing key and a log line.
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$"
 
@@ -64,6 +66,28 @@ class ControlInstance(WireModel):
     action: ControlAction
 
 
+class StepReport(WireModel):
+    """Internal: how one step attempt ended, sent by the worker that ran it.
+
+    The round that takes the message records it, if the attempt is still the step's current
+    one (same generation, attempt and worker; else it is fenced off), then replays on from it.
+    """
+
+    step: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    generation: Annotated[int, Field(ge=0)]
+    attempt: Annotated[int, Field(ge=1)]
+    #: The worker that ran the attempt (the step's `claimed_by`).
+    worker: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    output: Any = None
+    error: ErrorInfo | None = None
+    #: With an error: retry after this many milliseconds (the step's RetryPolicy, applied by
+    #: the worker that ran it); None: the step failed for good.
+    retry_after_ms: Annotated[float, Field(ge=0)] | None = None
+    #: The body's wall time, and its thread CPU time (0 for an async body).
+    duration_ms: Annotated[float, Field(ge=0)] = 0.0
+    cpu_ms: Annotated[float, Field(ge=0)] = 0.0
+
+
 class RunInstance(WireModel):
     """Internal: advance an instance by one replay. Published by the engine, never by services.
 
@@ -72,6 +96,8 @@ class RunInstance(WireModel):
     the due times from SQL. `more_instance_ids`: other instances due at the same `wake_at`
     (parked in one transaction), carried by one wake-up through the delay cascade instead of
     one each; the consumer splits it into one wake-up per instance.
+    `report` is set when a step attempt ended: the round records it first (a copy is fenced
+    off, as the attempt is no longer running).
     """
 
     kind: Literal["run"] = "run"
@@ -82,6 +108,7 @@ class RunInstance(WireModel):
     more_instance_ids: (
         Annotated[list[InstanceId], Field(min_length=1, max_length=MAX_WAKE_GROUP)] | None
     ) = None
+    report: StepReport | None = None
 
 
 #: The routing key of each ingress command.
@@ -104,6 +131,7 @@ __all__ = [
     "InstanceId",
     "RunInstance",
     "SendEvent",
+    "StepReport",
     "WireModel",
     "WorkflowName",
 ]

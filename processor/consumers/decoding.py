@@ -35,7 +35,9 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def decode(message: AbstractIncomingMessage, model: type[M]) -> M:
+def decode(
+    message: AbstractIncomingMessage, model: type[M], max_bytes: int = MAX_MESSAGE_BYTES
+) -> M:
     body = message.body
     if message.message_id is not None and len(message.message_id) > MAX_MESSAGE_ID:
         raise BadMessageError(f"message_id is over {MAX_MESSAGE_ID} characters", "too_large")
@@ -43,9 +45,9 @@ def decode(message: AbstractIncomingMessage, model: type[M]) -> M:
         # Recorded as text for deduplication: PostgreSQL refuses a NUL byte, and the
         # consumer would requeue the message until the broker's delivery limit.
         raise BadMessageError("message_id contains a control character", "invalid_message")
-    if len(body) > MAX_MESSAGE_BYTES:
+    if len(body) > max_bytes:
         raise BadMessageError(
-            f"body is {len(body)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit", "too_large"
+            f"body is {len(body)} bytes, over the {max_bytes}-byte limit", "too_large"
         )
     content_type = (message.content_type or "application/json").split(";")[0].strip().lower()
     if content_type != "application/json":

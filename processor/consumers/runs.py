@@ -1,5 +1,6 @@
 """The run and wake queues (`{ns}.run.{workflow}`, `{ns}.wake.{workflow}`): advance
-instances, one round per message."""
+instances, one round per message; a run message may carry the report of a step attempt that
+ended, which the round records first."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from processor.consumers.base import FollowUp
 from processor.consumers.decoding import decode
 from processor.consumers.slots import WAKE_UP_HEAD_START_S
 from processor.engine.replay import Claimant
-from processor.engine.rounds import outcome_recorder, round_runner, run_claimed
+from processor.engine.rounds import RunRequest, round_runner, run_claimed
 from processor.runtime import Runtime
 from processor.store import queries
 from processor.workflow import Workflow
-from schemas import RunInstance
+from schemas import MAX_MESSAGE_BYTES, RunInstance
 
 #: A wake-up this early is delayed again rather than run (the cascade rounds to 1 ms).
 EARLY_TOLERANCE = timedelta(milliseconds=2)
+#: A step's report carries its result (up to MAX_MESSAGE_BYTES as JSON) or its error.
+MAX_RUN_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
 
 
 def is_wake_up_group(message: AbstractIncomingMessage) -> bool:
@@ -44,29 +47,27 @@ class RunConsumer:
         self.claimant = claimant
         self.executor = executor
         self.rounds = round_runner(runtime, registry, claimant)
-        self.recorder = outcome_recorder(runtime)
 
     async def handle(
         self, workflow: str, message: AbstractIncomingMessage, *, wake_up: bool = False
     ) -> FollowUp | None:
-        """Replay the instance and commit its claims; running the claimed attempts is the
-        follow-up, after the ack. A wake-up's round is queued with the head start its slot
-        had (consumers/slots.py)."""
-        command = decode(message, RunInstance)
+        """Record the step report the message carries, if any, replay the instance and commit
+        its claims; running the claimed attempts is the follow-up, after the ack. A wake-up's
+        round is queued with the head start its slot had (consumers/slots.py)."""
+        command = decode(message, RunInstance, max_bytes=MAX_RUN_MESSAGE_BYTES)
         if await self._delayed_again(workflow, message, command):
             return None
         if command.more_instance_ids:  # in the run queue: a dead one redriven, say
             await self._split(workflow, command)
             return None
         head_start = WAKE_UP_HEAD_START_S if wake_up else 0.0
+        request = RunRequest(command.instance_id, command.report)
         work = await self.runtime.database.retry(
-            lambda: self.rounds.submit(command.instance_id, head_start=head_start)
+            lambda: self.rounds.submit(request, head_start=head_start)
         )
         if work is None:
             return None
-        return functools.partial(
-            run_claimed, self.runtime, work, self.claimant, self.executor, self.recorder
-        )
+        return functools.partial(run_claimed, self.runtime, work, self.claimant, self.executor)
 
     async def split(self, workflow: str, message: AbstractIncomingMessage) -> None:
         """A wake-up carrying several instances (`is_wake_up_group`), taken on arrival, without
@@ -110,6 +111,6 @@ class RunConsumer:
         )
 
     async def aclose(self, timeout: float) -> None:
-        """Wait up to `timeout` for the rounds and outcome records under way, then cancel
-        them (see `Batcher.aclose`)."""
-        await asyncio.gather(self.rounds.aclose(timeout), self.recorder.aclose(timeout))
+        """Wait up to `timeout` for the rounds under way, then cancel them (see
+        `Batcher.aclose`)."""
+        await self.rounds.aclose(timeout)

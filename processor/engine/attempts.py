@@ -1,4 +1,4 @@
-"""Run one step attempt, and record its outcome with fencing."""
+"""Run one step attempt, report how it ended, and record the report with fencing."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from processor.engine.replay import LEASE_GRACE, PendingAttempt, error_info
 from processor.engine.results import encode_result
 from processor.errors import NonRetryableError, SerializationError, StepTimeoutError
 from processor.store.tables import StepRow
-from schemas import ErrorInfo, StepStatusName
+from schemas import ErrorInfo, StepReport, StepStatusName
 
 
 @dataclass(frozen=True)
@@ -114,30 +114,66 @@ def claim(step: StepRow, pending: PendingAttempt, claimed_by: str, now: datetime
     step.swept_at = None
 
 
-def is_current(step: StepRow, pending: PendingAttempt, claimed_by: str) -> bool:
-    """Fencing: only the attempt that is still the step's current one may record a result."""
-    return (
-        step.status == StepStatusName.RUNNING
-        and step.attempt == pending.step.attempt
-        and step.claimed_by == claimed_by
+#: A report's error message and traceback are cut to this many characters (a traceback keeps
+#: its end): with a result of up to MAX_JSON_BYTES, a report must fit in a run message.
+MAX_ERROR_TEXT = 64 * 1024
+
+
+def report_of(
+    pending: PendingAttempt, outcome: AttemptOutcome, generation: int, worker_id: str
+) -> StepReport:
+    """How an attempt ended, for its run message. The retry decision is made here, where the
+    step's RetryPolicy is at hand; the round that records the report applies it."""
+    step = pending.step
+    retry_after_ms = None
+    if outcome.error is not None and outcome.is_retryable and step.attempt <= pending.retries.limit:
+        retry_after_ms = pending.retries.delay_before(step.attempt) / timedelta(milliseconds=1)
+    return StepReport(
+        step=step.key,
+        generation=generation,
+        attempt=step.attempt,
+        worker=worker_id,
+        output=outcome.output,
+        error=_bounded(outcome.error),
+        retry_after_ms=retry_after_ms,
+        duration_ms=outcome.duration_s * 1000,
+        cpu_ms=outcome.cpu_s * 1000,
     )
 
 
-def record_outcome(
-    step: StepRow, pending: PendingAttempt, outcome: AttemptOutcome, now: datetime
-) -> datetime | None:
-    """Apply an attempt's outcome to its step. Returns the retry time if one is scheduled."""
+def _bounded(error: ErrorInfo | None) -> ErrorInfo | None:
+    if error is None:
+        return None
+    message, traceback = error.message, error.traceback
+    if len(message) > MAX_ERROR_TEXT:
+        message = message[:MAX_ERROR_TEXT] + " [cut]"
+    if traceback is not None and len(traceback) > MAX_ERROR_TEXT:
+        traceback = "[cut] " + traceback[-MAX_ERROR_TEXT:]
+    return ErrorInfo(name=error.name[:MAX_ERROR_TEXT], message=message, traceback=traceback)
+
+
+def is_current(step: StepRow, report: StepReport) -> bool:
+    """Fencing: only the attempt that is still the step's current one may record a result."""
+    return (
+        step.status == StepStatusName.RUNNING
+        and step.attempt == report.attempt
+        and step.claimed_by == report.worker
+    )
+
+
+def record_report(step: StepRow, report: StepReport, now: datetime) -> datetime | None:
+    """Apply an attempt's report to its step. Returns the retry time if one is scheduled."""
     step.ended_at = now
-    if outcome.error is None:
+    if report.error is None:
         step.status = StepStatusName.COMPLETE.value
-        step.output = outcome.output
+        step.output = report.output
         step.error = None
         step.wake_at = None
         return None
-    step.error = outcome.error.model_dump(mode="json")
-    if outcome.is_retryable and step.attempt <= pending.retries.limit:
+    step.error = report.error.model_dump(mode="json")
+    if report.retry_after_ms is not None:
         step.status = StepStatusName.RETRYING.value
-        step.wake_at = now + pending.retries.delay_before(step.attempt)
+        step.wake_at = now + timedelta(milliseconds=report.retry_after_ms)
         step.swept_at = None
         return step.wake_at
     step.status = StepStatusName.FAILED.value

@@ -1,7 +1,7 @@
 """Group commit: requests that arrive while the database is busy share the next transaction.
 
-A step's two transactions are a few short statements each, and on a small machine their
-round trips and commits, not the statements' work, are what a step costs. A `Batcher` runs at
+A step's transaction is a few short statements, and on a small machine their round trips and
+the commit, not the statements' work, are what a step costs. A `Batcher` runs at
 most `slots` batches at once: when a request arrives with a slot free, it goes alone, at once
 (an idle worker adds no latency); requests that arrive while every slot is busy wait and go
 together into the next batch. So the busier the worker, the more each transaction carries.

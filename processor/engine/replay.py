@@ -75,10 +75,28 @@ class Claimant:
     worker_id: str
     #: (instance id, generation, step key, attempt) of the attempts this process runs now,
     #: from before their claim commits (so no round, however quick, takes them for lost)
-    #: until their outcome is recorded.
+    #: until their report is published.
     running: set[tuple[str, int, str, int]] = field(default_factory=set)
+    #: Attempts this process claimed and will not report: cancelled as it stops, claimed for
+    #: a round whose submitter was gone, or in a transaction that failed (its commit may have
+    #: happened). A round takes them for lost at once. One of this process's attempts in
+    #: neither set has its report on the way, and a round that comes first (a sibling step's
+    #: report, say) waits for it, unless the lease ran out.
+    dropped: set[tuple[str, int, str, int]] = field(default_factory=set)
     #: Since when this process's heartbeats have all succeeded (None after a failed one).
     beating_since: datetime | None = None
+
+    def start(self, attempts: typing.Iterable[tuple[str, int, str, int]]) -> None:
+        """These attempts are claimed for this process to run (the claim not committed yet)."""
+        attempts = list(attempts)
+        self.running.update(attempts)
+        self.dropped.difference_update(attempts)
+
+    def drop(self, attempts: typing.Iterable[tuple[str, int, str, int]]) -> None:
+        """These attempts will not be reported (see `dropped`)."""
+        attempts = list(attempts)
+        self.running.difference_update(attempts)
+        self.dropped.update(attempts)
 
     def trusts_heartbeats(self, now: datetime) -> bool:
         """Whether another worker's stale heartbeat means it died. Not right after a database
@@ -388,15 +406,18 @@ class Replay:
             self._activity += 1
 
     def _attempt_is_lost(self, row: StepRow) -> bool:
-        """A running attempt is lost when this very process no longer runs it, or another
-        worker stopped beating or let its lease run out. Not while heartbeats are not trusted
-        (see Claimant.trusts_heartbeats): after an outage the owner may still be recording."""
+        """A running attempt is lost when its lease ran out, when this very process dropped it
+        (see Claimant.dropped), or when the worker running it stopped beating. Not for a stale
+        heartbeat while heartbeats are not trusted (see Claimant.trusts_heartbeats): after an
+        outage the owner may still be reporting."""
+        lease_over = row.wake_at is not None and row.wake_at <= self.now
         if row.claimed_by == self.claimant.worker_id:
             attempt = (self.instance.id, self.instance.generation, row.key, row.attempt)
-            return attempt not in self.claimant.running
+            if attempt in self.claimant.running:
+                return False
+            return lease_over or attempt in self.claimant.dropped
         if self.live_workers is None:
             return False
-        lease_over = row.wake_at is not None and row.wake_at <= self.now
         return lease_over or row.claimed_by not in self.live_workers
 
     async def sleep(self, name: str, duration: Duration) -> None:

@@ -19,8 +19,8 @@ def to_json_data(value: Any) -> Any:
 
     Raises:
         ValueError: the value is not JSON (an unknown type, a circular reference, nesting
-            too deep), holds NaN or Infinity, or is over 1 MiB as JSON; the message says
-            which, as a predicate ("is not JSON-serializable (...)").
+            too deep), holds NaN, Infinity or a lone surrogate, or is over 1 MiB as JSON;
+            the message says which, as a predicate ("is not JSON-serializable (...)").
     """
     try:
         data = pydantic_core.to_jsonable_python(value)
@@ -29,11 +29,15 @@ def to_json_data(value: Any) -> Any:
         # reference detected" and "Maximum serialization depth exceeded".
         raise ValueError(f"is not JSON-serializable ({error})") from None
     try:
-        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except ValueError:
         # pydantic let the data through, so allow_nan=False is the only refusal left.
         raise ValueError("contains NaN or Infinity") from None
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        # A lone surrogate: not UTF-8, so no message or database could carry it.
+        raise ValueError("contains a lone surrogate, which is not UTF-8") from None
     if size > MAX_JSON_BYTES:
         raise ValueError(f"is {size} bytes as JSON, over the {MAX_JSON_BYTES}-byte limit")
     return data

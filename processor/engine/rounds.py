@@ -1,8 +1,11 @@
-"""One round of an instance: replay, claim what must run, run it, record the outcomes.
+"""One round of an instance: record the step report its run message carries, replay, claim
+what must run; then run it, and publish each attempt's report as the next run message.
 
-The round's two transactions lock the instance row, so one instance is advanced by one worker
-at a time; step bodies run between them, outside any lock. Fencing (the instance's generation
-and the step's attempt and claim) keeps a late or stale attempt from recording anything.
+A round's transaction locks the instance row, so one instance is advanced by one worker at a
+time; step bodies run after it, outside any lock. A step therefore costs one transaction and
+one message: the report is the message, and the round that takes it records it. Fencing (the
+instance's generation and the step's attempt and claim) keeps a late or stale attempt's
+report from recording anything.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from opentelemetry import context
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
-from processor.engine.attempts import AttemptOutcome, claim, is_current, record_outcome, run_attempt
+from processor.engine.attempts import claim, is_current, record_report, report_of, run_attempt
 from processor.engine.batching import Batcher
 from processor.engine.replay import WORKER_STALE, Claimant, PendingAttempt, Replay, ReplayResult
 from processor.failpoints import crash_point
 from processor.runtime import Runtime, Tx
-from processor.store import driver
+from processor.store import driver, queries
 from processor.store.database import is_transient
 from processor.store.driver import DriverSession
 from processor.store.tables import InstanceRow, StepRow
@@ -41,15 +44,32 @@ from processor.telemetry.tracing import (
     step_attempt_span,
 )
 from processor.workflow import Workflow
-from schemas import TERMINAL_STATUSES, InstanceStatusName, StepStatusName
+from schemas import (
+    TERMINAL_STATUSES,
+    ErrorInfo,
+    InstanceStatusName,
+    RunInstance,
+    StepReport,
+    StepStatusName,
+)
 
 log = logging.getLogger("warren.rounds")
 
-#: Round transactions, and outcome transactions, under way at once, and the messages one may
-#: carry (see batching.py): two, so the worker prepares one batch while the other waits on the
-#: database.
+#: Round transactions under way at once, and the messages one may carry (see batching.py):
+#: two, so the worker prepares one batch while the other waits on the database.
 BATCH_SLOTS = 2
 MAX_BATCH = 32
+#: How long publishing a step's report waits before trying again, at first and at most, while
+#: the broker is away (the report exists nowhere else).
+REPORT_RETRY_S = (0.1, 5.0)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a run message asks: advance the instance, after recording `report` if it has one."""
+
+    instance_id: str
+    report: StepReport | None = None
 
 
 @dataclass
@@ -69,16 +89,8 @@ class ClaimedWork:
         ]
 
 
-@dataclass(frozen=True)
-class RecordedOutcome:
-    """How an attempt ended, as recorded: completed, retried after `retry_delay`, or failed."""
-
-    outcome: StepOutcome
-    retry_delay: timedelta | None = None
-
-
-#: Advances instances: `replay_rounds` on batches of instance ids.
-RoundRunner = Batcher[str, ClaimedWork | None]
+#: Advances instances: `replay_rounds` on batches of run requests.
+RoundRunner = Batcher[RunRequest, ClaimedWork | None]
 
 
 def round_runner(
@@ -88,7 +100,7 @@ def round_runner(
         # Claimed for a submitter that is gone (the worker is stopping): nobody here will run
         # them, and other workers take them over once this one has left.
         if work is not None:
-            claimant.running.difference_update(work.attempt_keys())
+            claimant.drop(work.attempt_keys())
 
     return Batcher(
         functools.partial(replay_rounds, runtime, registry, claimant),
@@ -110,39 +122,48 @@ async def replay_rounds(
     runtime: Runtime,
     registry: dict[str, type[Workflow[Any]]],
     claimant: Claimant,
-    instance_ids: list[str],
+    requests: list[RunRequest],
 ) -> list[ClaimedWork | None]:
-    """Replay the instances and commit their new state in one transaction; returns the
-    attempts each claimed (an instance named twice gets one round, and None the second time).
+    """Record the requests' step reports, replay their instances and commit the new state in
+    one transaction; returns the attempts each claimed (an instance named twice gets one
+    round, which records both reports, and None the second time).
 
     Each round is a span (`run {workflow}`) in its instance's trace, open until the commit
     and publishes are done; the waits it saw end get spans of their own once committed.
     """
     claimed: list[tuple[str, int, str, int]] = []
     try:
-        works = await _replay_rounds(runtime, registry, claimant, instance_ids, claimed)
+        works = await _replay_rounds(runtime, registry, claimant, requests, claimed)
     except BaseException:
-        claimant.running.difference_update(claimed)  # the claims did not commit
+        # Most likely not committed; if the commit did happen, no one here runs them.
+        claimant.drop(claimed)
         raise
-    return [works.pop(instance_id, None) for instance_id in instance_ids]
+    return [works.pop(request.instance_id, None) for request in requests]
 
 
 async def _replay_rounds(
     runtime: Runtime,
     registry: dict[str, type[Workflow[Any]]],
     claimant: Claimant,
-    instance_ids: list[str],
+    requests: list[RunRequest],
     claimed: list[tuple[str, int, str, int]],
 ) -> dict[str, ClaimedWork]:
     works: dict[str, ClaimedWork] = {}
     ended: list[tuple[InstanceRow, Span, ReplayResult, ClaimedWork | None]] = []
+    reports: dict[str, list[StepReport]] = {}
+    for request in requests:
+        if request.report is not None:
+            reports.setdefault(request.instance_id, []).append(request.report)
     with ExitStack() as scope:
         async with runtime.step_transaction() as tx:
-            locked = await driver.lock_instances(tx.session, instance_ids)
+            locked = await driver.lock_instances(
+                tx.session, [request.instance_id for request in requests]
+            )
             tx.start_now(runtime.clock.now())
             instances = [row for row in locked.values() if row.workflow in registry]
             steps = await driver.load_steps_of(
-                tx.session, [row.id for row in instances if _is_advancing(row)]
+                tx.session,
+                [row.id for row in instances if row.id in reports or _is_advancing(row)],
             )
             for instance in instances:
                 workflow = instance.workflow
@@ -160,15 +181,18 @@ async def _replay_rounds(
                         parent=parent,
                     )
                 )
+                instance_steps = steps.get(instance.id, [])
+                for report in reports.get(instance.id, ()):
+                    _record_report(tx, instance, instance_steps, report)
                 result, work = await _advance(
-                    tx, instance, steps.get(instance.id, []), registry[workflow], claimant
+                    tx, instance, instance_steps, registry[workflow], claimant
                 )
                 if work is not None:
                     # Before the commit: a round of a copy of this run message, or of an
                     # event, waiting for the instance lock must find them running, not lost.
                     keys = work.attempt_keys()
                     claimed.extend(keys)
-                    claimant.running.update(keys)
+                    claimant.start(keys)
                     works[instance.id] = work
                 if result is not None:
                     ended.append((instance, span, result, work))
@@ -177,6 +201,25 @@ async def _replay_rounds(
             span.set_attribute("warren.attempts_claimed", len(work.attempts) if work else 0)
             _record_ended_waits(instance, result)
     return works
+
+
+def _record_report(
+    tx: Tx[DriverSession], instance: InstanceRow, steps: list[StepRow], report: StepReport
+) -> None:
+    """Record how a step attempt ended, unless it is fenced off; a retry gets its wake-up.
+    Its compute is counted with it, so a copy of the report (redelivered, say) is not counted
+    twice; a fenced-off attempt's is not counted at all."""
+    if instance.generation != report.generation or instance.status in TERMINAL_STATUSES:
+        return  # terminated or restarted meanwhile: this attempt's result is void
+    row = next((step for step in steps if step.key == report.step), None)
+    if row is None or not is_current(row, report):
+        return  # recorded already (a copy), or a newer attempt took over from this one
+    instance.compute_ms += report.duration_ms
+    instance.cpu_ms += report.cpu_ms
+    retry_at = record_report(row, report, tx.now)
+    instance.updated_at = tx.now
+    if retry_at is not None:
+        tx.emit_run(instance, wake_at=retry_at)
 
 
 def _is_advancing(instance: InstanceRow) -> bool:
@@ -266,46 +309,22 @@ async def _advance(
     )
 
 
-@dataclass(frozen=True)
-class AttemptEnded:
-    """An attempt's outcome, to be recorded (with others that end meanwhile, see batching.py)."""
-
-    work: ClaimedWork
-    pending: PendingAttempt
-    outcome: AttemptOutcome
-    worker_id: str
-
-
-#: Records ended attempts: `record_outcomes` on batches of them.
-OutcomeRecorder = Batcher[AttemptEnded, RecordedOutcome | None]
-
-
-def outcome_recorder(runtime: Runtime) -> OutcomeRecorder:
-    return Batcher(
-        functools.partial(record_outcomes, runtime),
-        slots=BATCH_SLOTS,
-        max_size=MAX_BATCH,
-        isolate=_is_about_an_item,
-    )
-
-
 async def run_claimed(
-    runtime: Runtime,
-    work: ClaimedWork,
-    claimant: Claimant,
-    executor: Executor,
-    recorder: OutcomeRecorder,
+    runtime: Runtime, work: ClaimedWork, claimant: Claimant, executor: Executor
 ) -> None:
-    """Run the claimed attempts concurrently, recording each outcome as soon as it is known,
-    so a fast step's result (and lease) never waits for a slow sibling.
+    """Run the claimed attempts concurrently, publishing each one's report as soon as it
+    ends, so a fast step's result (and lease) never waits for a slow sibling.
 
     The attempts are in `claimant.running` from before their claim's commit (`replay_rounds`)
-    on, so a copy of the run message meanwhile finds them alive in this process.
+    until their report is published, so a round meanwhile finds them alive in this process;
+    one that ends without a report (cancelled as the worker stops) is dropped: the next
+    round takes it for lost.
     """
 
-    async def run_and_record(pending: PendingAttempt, attempt: tuple[str, int, str, int]) -> None:
+    async def run_and_report(pending: PendingAttempt, attempt: tuple[str, int, str, int]) -> None:
         step = pending.step
         metrics = get_metrics()
+        reported = False
         try:
             with (
                 log_context(instance_id=work.instance_id, workflow=work.workflow, step=step.key),
@@ -320,86 +339,67 @@ async def run_claimed(
                 metrics.step_started(work.workflow)
                 outcome = await run_attempt(pending, executor)
                 crash_point("mid_step")
-                ended = AttemptEnded(work, pending, outcome, claimant.worker_id)
-                # The outcome lives only in this process until recorded: wait out any outage.
-                recorded = await runtime.database.retry(
-                    lambda: recorder.submit(ended), patience_s=None
-                )
-                if recorded is None:  # fenced off: the outcome as the body saw it
-                    span.span.set_attribute("warren.fenced", True)
-                    recorded = RecordedOutcome("completed" if outcome.error is None else "failed")
-                span.set_outcome(
-                    recorded.outcome, retry_delay=recorded.retry_delay, error=outcome.exception
-                )
-                metrics.step_ended(work.workflow, recorded.outcome, outcome.duration_s)
+                report = report_of(pending, outcome, work.generation, claimant.worker_id)
+                await _publish_report(runtime, work, report)
+                reported = True
+                retry_delay = None
+                if report.error is None:
+                    ended: StepOutcome = "completed"
+                elif report.retry_after_ms is None:
+                    ended = "failed"
+                else:
+                    ended = "retried"
+                    retry_delay = timedelta(milliseconds=report.retry_after_ms)
+                span.set_outcome(ended, retry_delay=retry_delay, error=outcome.exception)
+                metrics.step_ended(work.workflow, ended, outcome.duration_s)
         finally:
-            claimant.running.discard(attempt)
+            if reported:
+                claimant.running.discard(attempt)
+            else:
+                claimant.drop([attempt])
 
     outcomes = await asyncio.gather(
         *(
-            run_and_record(pending, attempt)
+            run_and_report(pending, attempt)
             for pending, attempt in zip(work.attempts, work.attempt_keys(), strict=True)
         ),
         return_exceptions=True,  # one failure must not abandon its siblings
     )
     for error in outcomes:
         if isinstance(error, BaseException):
-            log.error("recording a step outcome of %s failed", work.instance_id, exc_info=error)
+            log.error("reporting a step outcome of %s failed", work.instance_id, exc_info=error)
 
 
-async def record_outcomes(
-    runtime: Runtime, batch: list[AttemptEnded]
-) -> list[RecordedOutcome | None]:
-    """Record the attempts' outcomes in one transaction; None for one fenced off, which
-    recorded nothing."""
-    async with runtime.step_transaction() as tx:
-        instances = await driver.lock_instances(
-            tx.session, [ended.work.instance_id for ended in batch]
+async def _publish_report(runtime: Runtime, work: ClaimedWork, report: StepReport) -> None:
+    """Publish the report as the instance's next run message, with a confirm. The report lives
+    only in this process until then, so a failed publish is tried again until it succeeds
+    (the robust connection comes back with the broker) or the worker stops."""
+    try:
+        body = RunInstance(instance_id=work.instance_id, report=report).model_dump_json(
+            exclude_none=True
         )
-        tx.start_now(runtime.clock.now())
-        # Read before the instances change: a change is written before the next statement
-        # (autoflush), and this way all of an instance's go in one UPDATE at the commit.
-        steps = await driver.get_steps(
-            tx.session, [(ended.work.instance_id, ended.pending.step.key) for ended in batch]
+    except Exception as error:  # an error text that is not UTF-8, say: the step failed
+        report = report.model_copy(
+            update={
+                "output": None,
+                "error": ErrorInfo(
+                    name="SerializationError",
+                    message="the attempt's outcome could not be sent as JSON "
+                    f"({type(error).__name__})",
+                ),
+                "retry_after_ms": None,
+            }
         )
-        return [
-            await _record_outcome(
-                tx,
-                instances.get(ended.work.instance_id),
-                steps.get((ended.work.instance_id, ended.pending.step.key)),
-                ended,
-            )
-            for ended in batch
-        ]
-
-
-async def _record_outcome(
-    tx: Tx[DriverSession],
-    instance: InstanceRow | None,
-    row: StepRow | None,
-    ended: AttemptEnded,
-) -> RecordedOutcome | None:
-    work, pending, outcome = ended.work, ended.pending, ended.outcome
-    if instance is None:
-        return None
-    # The compute was spent whether or not the result still counts.
-    instance.compute_ms += outcome.duration_s * 1000
-    instance.cpu_ms += outcome.cpu_s * 1000
-    if instance.generation != work.generation or instance.status in TERMINAL_STATUSES:
-        return None  # terminated or restarted meanwhile: this attempt's result is void
-    if row is None or not is_current(row, pending, ended.worker_id):
-        return None  # a newer attempt took over (this one was presumed lost)
-    retry_at = record_outcome(row, pending, outcome, tx.now)
-    instance.updated_at = tx.now
-    if retry_at is None:
-        tx.emit_run(instance)  # the step is done: the next round goes on from it
-        return RecordedOutcome("completed" if outcome.error is None else "failed")
-    tx.emit_run(instance, wake_at=retry_at)
-    if await driver.count_running_steps(tx.session, work.instance_id) == 0:
-        # Nothing runs during the back-off: a pause asked for meanwhile takes effect now.
-        if instance.pause_requested:
-            instance.pause_requested = False
-            instance.status = InstanceStatusName.PAUSED.value
-        elif instance.status == InstanceStatusName.RUNNING:
-            instance.status = InstanceStatusName.WAITING.value
-    return RecordedOutcome("retried", retry_at - tx.now)
+        body = RunInstance(instance_id=work.instance_id, report=report).model_dump_json(
+            exclude_none=True
+        )
+    message_id = queries.new_message_id()
+    wait, most = REPORT_RETRY_S
+    while True:
+        try:
+            await runtime.publisher.publish_run(work.workflow, body.encode(), message_id)
+            return
+        except Exception as error:  # the broker is away, or the channel is being restored
+            log.warning("publishing the report of %s failed, trying again: %r", report.step, error)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, most)

@@ -1,10 +1,10 @@
 """The per-step path's SQL on the database driver itself (asyncpg, or aiosqlite), and its queries.
 
-Every step costs two transactions: the round that replays the instance and claims the step,
-and the record of its outcome. Through the ORM those cost the worker about seven times the CPU
-of the same statements on the driver (`python -m bench.sql_path`), and on a small machine that
-CPU is the engine's throughput. So these two transactions run here, on a connection borrowed
-from SQLAlchemy's pool, and everything else (commands, sweeps, the client) keeps the ORM.
+Every step costs one transaction: the round that records the report of the step before,
+replays the instance and claims the step. Through the ORM it costs the worker several times
+the CPU of the same statements on the driver (`python -m bench.sql_path`), and on a small
+machine that CPU is the engine's throughput. So rounds run here, on a connection borrowed from
+SQLAlchemy's pool, and everything else (commands, sweeps, the client) keeps the ORM.
 
 What stays the same: the statements are SQLAlchemy Core, compiled once per dialect, and every
 value goes through its column's own SQLAlchemy type processors, so rows written here read back
@@ -132,8 +132,8 @@ class _Sqlite:
     and SQLite's one write lock is held across every hop of a transaction, so hops are what
     limits SQLite's throughput. Hence: a statement and its fetch run in one hop, BEGIN goes
     with the transaction's first statement, and the writes of a flush (whose results nobody
-    reads) wait for the next hop, at the latest the COMMIT's. A step's two transactions then
-    take 7 hops, not 18.
+    reads) wait for the next hop, at the latest the COMMIT's. A round then takes 3 hops when
+    it reads nothing else: BEGIN with the lock, the steps' load, and the writes with the COMMIT.
     """
 
     #: Its flush's writes already wait for the next hop (and SQLite has no writes in CTEs).
@@ -463,13 +463,6 @@ def _wrapped(error: Exception) -> Exception:
 # parameters are named `the_*`: SQLAlchemy reserves a column's own name for its SET value.
 
 _LIVE_WORKERS = select(WorkerRow.id).where(col(WorkerRow.heartbeat_at) >= sa.bindparam("the_time"))
-_COUNT_RUNNING = (
-    select(sa.func.count())
-    .select_from(StepRow)
-    .where(
-        col(StepRow.instance_id) == sa.bindparam("the_instance"), col(StepRow.status) == "running"
-    )
-)
 _CLEAR_WAKEUPS = (
     sa.update(StepRow)
     .where(col(StepRow.instance_id) == sa.bindparam("the_instance"))
@@ -494,19 +487,6 @@ async def lock_instances(
     params = _instance_params(instance_ids)
     rows = await session.rows(InstanceRow, _lock_instances(len(params)), **params)
     return {row.id: row for row in rows}
-
-
-async def get_steps(
-    session: DriverSession, keys: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], StepRow]:
-    """The steps that exist of the given (instance id, step key) pairs."""
-    padded = _padded(sorted(set(keys)))
-    params: dict[str, str] = {}
-    for i, (instance_id, key) in enumerate(padded):
-        params[f"the_instance_{i}"] = instance_id
-        params[f"the_key_{i}"] = key
-    rows = await session.rows(StepRow, _get_steps(len(padded)), **params)
-    return {(row.instance_id, row.key): row for row in rows}
 
 
 def _padded(values: list[T]) -> list[T]:
@@ -546,15 +526,6 @@ def _load_steps_of(size: int) -> ClauseElement:
     )
 
 
-@functools.cache
-def _get_steps(size: int) -> ClauseElement:
-    pairs = [
-        sa.tuple_(sa.bindparam(f"the_instance_{i}"), sa.bindparam(f"the_key_{i}"))
-        for i in range(size)
-    ]
-    return select(StepRow).where(sa.tuple_(col(StepRow.instance_id), col(StepRow.key)).in_(pairs))
-
-
 async def load_steps_of(
     session: DriverSession, instance_ids: Sequence[str]
 ) -> dict[str, list[StepRow]]:
@@ -572,11 +543,6 @@ async def load_steps_of(
 async def live_workers(session: DriverSession, since: datetime) -> frozenset[str]:
     """Ids of the workers whose last heartbeat is no older than `since`."""
     return frozenset(await session.values(_LIVE_WORKERS, the_time=since))
-
-
-async def count_running_steps(session: DriverSession, instance_id: str) -> int:
-    (count,) = await session.values(_COUNT_RUNNING, the_instance=instance_id)
-    return int(count)
 
 
 async def clear_wakeups(session: DriverSession, instance_id: str) -> None:

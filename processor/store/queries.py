@@ -247,8 +247,49 @@ async def beat(session: AsyncSession, worker_id: str, now: datetime) -> None:
     await session.exec(statement)
 
 
-async def forget_worker(session: AsyncSession, worker_id: str) -> None:
-    await session.exec(sa.delete(WorkerRow).where(col(WorkerRow.id) == worker_id))
+async def forget_workers_before(session: AsyncSession, before: datetime) -> None:
+    """Delete the rows of workers that last beat before `before` (stopped or crashed long
+    ago): their attempts are lost all the same, as they are no longer live."""
+    await session.exec(sa.delete(WorkerRow).where(col(WorkerRow.heartbeat_at) < before))
+
+
+async def release_attempts(
+    session: AsyncSession,
+    worker_id: str,
+    attempts: Sequence[tuple[str, int, str, int]],
+    now: datetime,
+) -> list[InstanceRow]:
+    """End the lease of these running attempts of the worker, (instance id, generation, step
+    key, attempt) each, so the next round of their instance takes them for lost; returns the
+    instances to wake. Those no longer running as given (recorded, restarted) are left."""
+    if not attempts:
+        return []
+    locked = {
+        instance.id: instance
+        for instance in (
+            await session.exec(
+                select(InstanceRow)
+                .where(col(InstanceRow.id).in_(sorted({a[0] for a in attempts})))
+                .order_by(col(InstanceRow.id))
+                .with_for_update()
+            )
+        ).all()
+    }
+    released: dict[str, InstanceRow] = {}
+    for instance_id, generation, key, attempt in attempts:
+        instance = locked.get(instance_id)
+        if instance is None or instance.generation != generation:
+            continue
+        step = await session.get(StepRow, (instance_id, key))
+        if (
+            step is not None
+            and step.status == StepStatusName.RUNNING
+            and step.attempt == attempt
+            and step.claimed_by == worker_id
+        ):
+            step.wake_at = now
+            released[instance_id] = instance
+    return list(released.values())
 
 
 async def orphaned_steps(

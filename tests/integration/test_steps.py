@@ -206,6 +206,8 @@ async def unserializable(kind: str) -> Any:
         return {object(), object()}
     if kind == "object":
         return object()
+    if kind == "surrogate":
+        return "\ud800"
     return "x" * (1024 * 1024 + 1)
 
 
@@ -461,7 +463,7 @@ class StepAlongsideSleep(Workflow[dict[str, Any]]):
 
 
 class BadResult(BaseModel):
-    kind: Literal["set", "object", "huge"]
+    kind: Literal["set", "object", "huge", "surrogate"]
 
 
 class ReturnsBadResult(Workflow[BadResult]):
@@ -904,6 +906,7 @@ async def test_a_step_and_a_sleep_gathered_are_in_flight_together(env: TestEnv) 
         ("set", "set", "not JSON-serializable"),
         ("object", "object", "not JSON-serializable"),
         ("huge", "str", "over the 1048576-byte limit"),
+        ("surrogate", "str", "lone surrogate"),
     ],
 )
 async def test_a_result_that_cannot_be_recorded_fails_the_step_at_once(
