@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from processor import Workflow, WorkflowEvent, WorkflowStep
-from processor.engine.rounds import replay_rounds
+from processor.engine.rounds import RunRequest, replay_rounds
 from processor.store.tables import StepRow
 from tests.conftest import TestEnv
 
@@ -43,7 +43,7 @@ async def test_a_sleep_starts_when_the_round_holds_the_lock_not_when_it_asked(
 
     holder = asyncio.create_task(hold_the_write_lock())
     await held.wait()
-    await replay_rounds(runtime, worker.registry, worker.claimant, [instance.id])
+    await replay_rounds(runtime, worker.registry, worker.claimant, [RunRequest(instance.id)])
     await holder
 
     async with runtime.database.read() as session:

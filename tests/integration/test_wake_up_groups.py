@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from processor import Workflow, WorkflowEvent, WorkflowStep
-from processor.engine.rounds import replay_rounds
+from processor.engine.rounds import RunRequest, replay_rounds
 from schemas import RunInstance
 from tests.conftest import TestEnv, assert_eventually
 from tests.integration.helpers import open_wire
@@ -36,7 +36,9 @@ async def test_instances_parked_together_share_one_wake_up_split_on_arrival(env:
     instances = [await env.client.create(Nap) for _ in range(3)]
     ids = [instance.id for instance in instances]
     # Their first rounds, in one transaction: each parks on the same due time.
-    works = await replay_rounds(worker.runtime, worker.registry, worker.claimant, ids)
+    works = await replay_rounds(
+        worker.runtime, worker.registry, worker.claimant, [RunRequest(i) for i in ids]
+    )
     assert works == [None, None, None]
     wake_queue = worker.runtime.topology.wake_queue(Nap.name)
     async with open_wire(env) as wire:
@@ -90,7 +92,9 @@ async def test_a_group_is_split_while_every_slot_is_busy_so_no_sweep_takes_it_fo
 
     await assert_eventually(holding, what="the only slot to be taken")
     naps = [await env.client.create(Nap) for _ in range(3)]
-    await replay_rounds(worker.runtime, worker.registry, worker.claimant, [n.id for n in naps])
+    await replay_rounds(
+        worker.runtime, worker.registry, worker.claimant, [RunRequest(n.id) for n in naps]
+    )
     assert await worker.sweep_overdue_timers() == 0  # not due; the wake queue is seen empty
     await asyncio.sleep(3)  # the group is due (2 s) and has arrived
 
