@@ -134,7 +134,6 @@ class Worker:
         self._depth_channel: AbstractChannel | None = None
         #: Per workflow, when its run queue and its wake queue were last seen with no ready
         #: message (DB clock).
-        self._run_drained_at: dict[str, datetime] = {}
         self._wake_drained_at: dict[str, datetime] = {}
 
     @property
@@ -329,12 +328,12 @@ class Worker:
             self._heartbeat = None
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
-        # Attempts it will not report (cancelled above) are retried by other workers at once.
-        # Its row stays: the reports it published are still on their way, and its attempts
-        # count as lost only once it has not beaten for WORKER_STALE.
+        # Attempts it will not report (cancelled above) are released: other workers retry
+        # them at once. The ones it reported stay its own until their reports are recorded
+        # (see Replay._attempt_is_lost): its row stays, its heartbeat ages.
         try:
             await self._release_dropped_attempts()
-        except Exception as error:  # they are taken for lost WORKER_STALE after the last beat
+        except Exception as error:  # they are taken for lost once the heartbeat is stale
             log.warning("releasing the attempts this worker will not report failed: %r", error)
         await self.runtime.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -418,7 +417,7 @@ class Worker:
         costs ever fewer copies.
         """
         names = sorted(self.registry)
-        drained_at = self._run_drained_at
+        drained_at = self.claimant.run_drained_at
         if not await self._note_drained(names, self.runtime.topology.run_queue, drained_at):
             return 0  # the broker is away: what it would publish could not go out
         if not drained_at:
@@ -520,15 +519,13 @@ class Worker:
         self._metrics.set_outbox_backlog(backlog)
 
     async def _release_dropped_attempts(self) -> None:
-        """End the leases of the attempts this process claimed and will not report (see
+        """Release the attempts this process claimed and will not report (see
         `Claimant.dropped`), and wake their instances."""
         dropped = sorted(self.claimant.dropped)
         if not dropped:
             return
         async with self.runtime.transaction() as tx:
-            released = await queries.release_attempts(
-                tx.session, self.claimant.worker_id, dropped, tx.now
-            )
+            released = await queries.release_attempts(tx.session, self.claimant.worker_id, dropped)
             for instance in released:
                 tx.emit_run(instance)
         self.claimant.dropped.difference_update(dropped)

@@ -142,14 +142,23 @@ def report_of(
 
 
 def _bounded(error: ErrorInfo | None) -> ErrorInfo | None:
+    """The error as a report can carry it: cut to size, and UTF-8 (a file name decoded with
+    surrogateescape, say, keeps its odd bytes as escapes)."""
     if error is None:
         return None
-    message, traceback = error.message, error.traceback
+    message, traceback = _utf8(error.message), error.traceback
     if len(message) > MAX_ERROR_TEXT:
         message = message[:MAX_ERROR_TEXT] + " [cut]"
-    if traceback is not None and len(traceback) > MAX_ERROR_TEXT:
-        traceback = "[cut] " + traceback[-MAX_ERROR_TEXT:]
-    return ErrorInfo(name=error.name[:MAX_ERROR_TEXT], message=message, traceback=traceback)
+    if traceback is not None:
+        traceback = _utf8(traceback)
+        if len(traceback) > MAX_ERROR_TEXT:
+            traceback = "[cut] " + traceback[-MAX_ERROR_TEXT:]
+    name = _utf8(error.name)[:MAX_ERROR_TEXT]
+    return ErrorInfo(name=name, message=message, traceback=traceback)
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def is_current(step: StepRow, report: StepReport) -> bool:

@@ -54,6 +54,9 @@ QUIET_TURNS = 20
 LEASE_GRACE = timedelta(seconds=30)
 #: A worker whose last heartbeat is older than this is presumed dead, its attempts lost.
 WORKER_STALE = timedelta(seconds=10)
+#: A report delivered to a worker is recorded within this, unless that worker's slots are all
+#: busy (see `Replay._attempt_is_lost`).
+REPORT_DELIVERY_GRACE = timedelta(seconds=5)
 MAX_STEP_NAME = 250
 
 
@@ -85,6 +88,10 @@ class Claimant:
     dropped: set[tuple[str, int, str, int]] = field(default_factory=set)
     #: Since when this process's heartbeats have all succeeded (None after a failed one).
     beating_since: datetime | None = None
+    #: When this process last saw each workflow's run queue hold no ready message (the
+    #: lost-run sweep reads them every second): every report published before then had been
+    #: delivered by then.
+    run_drained_at: dict[str, datetime] = field(default_factory=dict)
 
     def start(self, attempts: typing.Iterable[tuple[str, int, str, int]]) -> None:
         """These attempts are claimed for this process to run (the claim not committed yet)."""
@@ -182,13 +189,13 @@ class Replay:
         *,
         now: datetime,
         claimant: Claimant,
-        live_workers: frozenset[str] | None,
+        last_beats: dict[str, datetime] | None,
     ) -> None:
         self.session = session
         self.instance = instance
         self.now = now
         self.claimant = claimant
-        self.live_workers = live_workers
+        self.last_beats = last_beats
         self.steps = {step.key: step for step in steps}
         self.result = ReplayResult("suspended")
         self._next_seq = max((step.seq for step in steps), default=-1) + 1
@@ -406,19 +413,37 @@ class Replay:
             self._activity += 1
 
     def _attempt_is_lost(self, row: StepRow) -> bool:
-        """A running attempt is lost when its lease ran out, when this very process dropped it
-        (see Claimant.dropped), or when the worker running it stopped beating. Not for a stale
-        heartbeat while heartbeats are not trusted (see Claimant.trusts_heartbeats): after an
-        outage the owner may still be reporting."""
+        """A running attempt is lost when its worker released it (it stopped, see
+        `queries.release_attempts`), when this very process dropped it (see Claimant.dropped),
+        or once no report of it can still be on its way: its lease ran out, or its worker
+        stopped beating, and the run queue has since been seen empty. A report waits there,
+        behind any backlog, for whichever worker takes it next; one delivered before that is
+        given REPORT_DELIVERY_GRACE to be recorded. Not for a stale heartbeat while heartbeats
+        are not trusted (see Claimant.trusts_heartbeats): after an outage the owner may still
+        be reporting."""
+        if row.claimed_by is None:
+            return True
         lease_over = row.wake_at is not None and row.wake_at <= self.now
+        last_report_at = row.wake_at if lease_over else None
         if row.claimed_by == self.claimant.worker_id:
             attempt = (self.instance.id, self.instance.generation, row.key, row.attempt)
             if attempt in self.claimant.running:
                 return False
-            return lease_over or attempt in self.claimant.dropped
-        if self.live_workers is None:
+            if attempt in self.claimant.dropped:
+                return True
+        elif self.last_beats is None:
             return False
-        return lease_over or row.claimed_by not in self.live_workers
+        else:
+            beat = self.last_beats.get(row.claimed_by)
+            if beat is None:  # its row is gone: it last beat over a day ago
+                return True
+            stale_at = beat + WORKER_STALE
+            if stale_at <= self.now and (last_report_at is None or stale_at < last_report_at):
+                last_report_at = stale_at
+        if last_report_at is None:
+            return False
+        drained = self.claimant.run_drained_at.get(self.instance.workflow)
+        return drained is not None and drained >= last_report_at + REPORT_DELIVERY_GRACE
 
     async def sleep(self, name: str, duration: Duration) -> None:
         length = parse_duration(duration, what=f"duration of sleep {name!r}")

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Executor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from opentelemetry import context
@@ -26,7 +26,7 @@ from opentelemetry.trace import Span
 
 from processor.engine.attempts import claim, is_current, record_report, report_of, run_attempt
 from processor.engine.batching import Batcher
-from processor.engine.replay import WORKER_STALE, Claimant, PendingAttempt, Replay, ReplayResult
+from processor.engine.replay import Claimant, PendingAttempt, Replay, ReplayResult
 from processor.failpoints import crash_point
 from processor.runtime import Runtime, Tx
 from processor.store import driver, queries
@@ -263,15 +263,14 @@ async def _advance(
         instance.run_due_at = None  # this is the round that was owed
         return None, None  # resume publishes a run message of its own
     # None: every worker counts as alive (see Claimant.trusts_heartbeats).
-    live_workers: frozenset[str] | None = None
-    if claimant.trusts_heartbeats(tx.now) and any(
-        step.status == StepStatusName.RUNNING for step in steps
-    ):
-        live_workers = await driver.live_workers(tx.session, tx.now - WORKER_STALE)
+    last_beats: dict[str, datetime] | None = None
+    running = [step.claimed_by or "" for step in steps if step.status == StepStatusName.RUNNING]
+    if running and claimant.trusts_heartbeats(tx.now):
+        last_beats = await driver.last_beats(tx.session, running)
     # After that query: set before it, it would be written by an UPDATE of its own (autoflush).
     instance.run_due_at = None  # this is the round that was owed
     replay = Replay(
-        tx.session, instance, steps, now=tx.now, claimant=claimant, live_workers=live_workers
+        tx.session, instance, steps, now=tx.now, claimant=claimant, last_beats=last_beats
     )
     started = time.perf_counter()
     result = await replay.run(workflow)

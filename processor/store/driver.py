@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -462,7 +462,7 @@ def _wrapped(error: Exception) -> Exception:
 # The per-step path's queries; their ORM twins in queries.py serve everyone else. Bind
 # parameters are named `the_*`: SQLAlchemy reserves a column's own name for its SET value.
 
-_LIVE_WORKERS = select(WorkerRow.id).where(col(WorkerRow.heartbeat_at) >= sa.bindparam("the_time"))
+_WORKER_BEAT = select(WorkerRow.heartbeat_at).where(col(WorkerRow.id) == sa.bindparam("the_worker"))
 _CLEAR_WAKEUPS = (
     sa.update(StepRow)
     .where(col(StepRow.instance_id) == sa.bindparam("the_instance"))
@@ -540,9 +540,13 @@ async def load_steps_of(
     return steps
 
 
-async def live_workers(session: DriverSession, since: datetime) -> frozenset[str]:
-    """Ids of the workers whose last heartbeat is no older than `since`."""
-    return frozenset(await session.values(_LIVE_WORKERS, the_time=since))
+async def last_beats(session: DriverSession, worker_ids: Iterable[str]) -> dict[str, datetime]:
+    """When each of these workers last beat; one without a row (forgotten) is left out."""
+    beats = {}
+    for worker_id in sorted(set(worker_ids)):
+        for beat in await session.values(_WORKER_BEAT, the_worker=worker_id):
+            beats[worker_id] = beat
+    return beats
 
 
 async def clear_wakeups(session: DriverSession, instance_id: str) -> None:

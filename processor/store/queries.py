@@ -257,11 +257,11 @@ async def release_attempts(
     session: AsyncSession,
     worker_id: str,
     attempts: Sequence[tuple[str, int, str, int]],
-    now: datetime,
 ) -> list[InstanceRow]:
-    """End the lease of these running attempts of the worker, (instance id, generation, step
-    key, attempt) each, so the next round of their instance takes them for lost; returns the
-    instances to wake. Those no longer running as given (recorded, restarted) are left."""
+    """Release these running attempts of the worker, (instance id, generation, step key,
+    attempt) each, which it will not report: with no worker, the next round of their instance
+    takes them for lost at once. Returns the instances to wake. Those no longer running as
+    given (recorded, taken for lost, restarted) are left."""
     if not attempts:
         return []
     locked = {
@@ -287,7 +287,7 @@ async def release_attempts(
             and step.attempt == attempt
             and step.claimed_by == worker_id
         ):
-            step.wake_at = now
+            step.claimed_by = None
             released[instance_id] = instance
     return list(released.values())
 

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from processor import RetryPolicy, Workflow, WorkflowEvent, WorkflowStep
 from processor import worker as worker_module
+from processor.engine import attempts, rounds
+from processor.engine.replay import REPORT_DELIVERY_GRACE
+from processor.engine.rounds import RunRequest, replay_rounds
 from processor.store import driver
 from tests.conftest import TestEnv, assert_eventually
 
@@ -89,17 +93,20 @@ class Pair(Workflow):
         )
 
 
+@pytest.mark.parametrize("gap_s", [0, 12])
 async def test_reports_left_by_a_stopped_worker_are_recorded_not_taken_for_lost(
-    env: TestEnv,
+    env: TestEnv, gap_s: float
 ) -> None:
-    """A worker stops after both steps end: their reports wait in the run queue. The next
-    worker takes one report first, while the other step is still running in SQL: it must
-    wait for that report, not take the step for lost (its worker stopped) and fail it."""
+    """A worker stops after both steps end: their reports wait in the run queue, for the next
+    worker to start, at once or once the stopped one's heartbeat is stale (WORKER_STALE).
+    That worker takes one report first, while the other step is still running in SQL: it
+    must wait for that report, not take the step for lost (its worker stopped) and fail it."""
     stopping = await env.start_worker(Pair, shutdown_grace=30)
     instance = await env.client.create(Pair)
     await assert_eventually(lambda: _ran(f"{instance.id}:long"), what="the steps to start")
     await env.stop_worker(stopping)  # takes no more messages, waits for both steps
     assert RUNS[f"{instance.id}:long"] == 1
+    await asyncio.sleep(gap_s)
     await env.start_worker(Pair, concurrency=1)  # one report at a time
     assert await instance.result(timeout=30) == ["done", "done"]
     assert (RUNS[f"{instance.id}:short"], RUNS[f"{instance.id}:long"]) == (1, 1)
@@ -182,3 +189,46 @@ async def test_a_delivery_that_waits_too_long_for_a_slot_goes_back_to_its_queue(
     assert handed_back  # the waiting delivery went back at least once
     assert RUNS[first.id] == 1
     assert RUNS[second.id] == 1
+
+
+class ShortTimeout(Workflow):
+    name = "short-timeout"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> str:
+        return await step.do(
+            "quick",
+            counted,
+            event.instance_id,
+            0.1,
+            retries=RetryPolicy(limit=0),
+            timeout="1 second",
+        )
+
+
+async def test_a_report_held_up_in_the_run_queue_past_its_lease_is_recorded(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease (timeout + LEASE_GRACE) runs out while the report waits in the run queue
+    (the worker takes no messages meanwhile, as behind a backlog or during a database
+    outage), and a round comes first: it must not take the attempt for lost while its
+    report may be queued. The report is then recorded, once."""
+    monkeypatch.setattr(attempts, "LEASE_GRACE", timedelta(seconds=1))
+    worker = await env.start_worker(ShortTimeout)
+    publish = rounds._publish_report
+    published = asyncio.Event()
+
+    async def held_up(runtime: Any, work: Any, report: Any) -> None:
+        await worker._stop_consuming()
+        await publish(runtime, work, report)
+        published.set()
+
+    monkeypatch.setattr(rounds, "_publish_report", held_up)
+    instance = await env.client.create(ShortTimeout)
+    await asyncio.wait_for(published.wait(), 10)
+    # Past the lease, and long enough for the sweeps to have seen the run queue empty, were
+    # it empty.
+    await asyncio.sleep(1 + 1 + REPORT_DELIVERY_GRACE.total_seconds() + 2)
+    await replay_rounds(worker.runtime, worker.registry, worker.claimant, [RunRequest(instance.id)])
+    await worker._start_consuming()
+    assert await instance.result(timeout=30) == "done"
+    assert RUNS[instance.id] == 1

@@ -148,3 +148,13 @@ def test_a_copy_of_a_report_counts_its_compute_once_and_a_fenced_one_not_at_all(
 def test_a_result_that_is_not_utf8_is_refused_before_anything_is_sent() -> None:
     with pytest.raises(SerializationError, match="lone surrogate"):
         encode_result("charge", {"name": "\ud800"})
+
+
+def test_an_error_whose_text_is_not_utf8_is_reported_with_escapes_and_still_retried() -> None:
+    name = b"caf\xe9.csv".decode(errors="surrogateescape")
+    error = ErrorInfo(name="ValueError", message=f"cannot parse {name}", traceback=f"at {name}")
+    report = report_of(pending(1), AttemptOutcome(error=error), 0, "w-1")
+    assert report.retry_after_ms == 2000
+    assert report.error is not None
+    assert report.error.message == "cannot parse caf\\udce9.csv"
+    RunInstance(instance_id="i-1", report=report).model_dump_json()  # does not raise
