@@ -23,7 +23,7 @@ from processor.consumers.base import Handler, hand_back, settle
 from processor.consumers.ingress import IngressConsumer
 from processor.consumers.runs import RunConsumer, is_wake_up_group
 from processor.consumers.slots import Slots
-from processor.engine.replay import WORKER_STALE, Claimant
+from processor.engine.replay import REPORT_DELIVERY_GRACE, WORKER_STALE, Claimant
 from processor.errors import InfrastructureError
 from processor.runtime import RELAY_AFTER, Runtime
 from processor.store import queries
@@ -388,17 +388,25 @@ class Worker:
         return await self._wake(find, "overdue timers")
 
     async def sweep_orphaned_attempts(self) -> int:
-        """Wake instances with a running attempt whose worker stopped beating (it crashed):
-        their replay presumes the attempt lost and retries it. Returns how many were woken."""
+        """Wake instances with a running attempt whose worker stopped beating (it crashed)
+        before its run queue was last seen empty, so no report of it is still on its way:
+        their replay presumes the attempt lost and retries it (see Replay._attempt_is_lost).
+        Returns how many were woken."""
         if not self.claimant.trusts_heartbeats(self.runtime.clock.now()):
             return 0
-        names = sorted(self.registry)
-        return await self._wake(
-            lambda session, now: queries.orphaned_steps(
-                session, names, now, now - WORKER_STALE, 500
-            ),
-            "attempts whose worker died",
-        )
+        drained_at = self.claimant.run_drained_at
+
+        def find(
+            session: AsyncSession, now: datetime
+        ) -> Awaitable[list[tuple[StepRow, InstanceRow]]]:
+            last_beats = {
+                name: min(now, drained_at[name] - REPORT_DELIVERY_GRACE) - WORKER_STALE
+                for name in self.registry
+                if name in drained_at
+            }
+            return queries.orphaned_steps(session, last_beats, now - WORKER_STALE, 500)
+
+        return await self._wake(find, "attempts whose worker died")
 
     async def sweep_lost_runs(self) -> int:
         """Wake instances whose run message was lost (say, dead-lettered after a crash loop):

@@ -293,20 +293,30 @@ async def release_attempts(
 
 
 async def orphaned_steps(
-    session: AsyncSession, workflows: Sequence[str], now: datetime, stale: datetime, limit: int
+    session: AsyncSession, last_beats: Mapping[str, datetime], stale: datetime, limit: int
 ) -> list[tuple[StepRow, InstanceRow]]:
-    """Running attempts whose worker stopped beating (it crashed) and that were not swept
-    since `stale`."""
-    live = select(WorkerRow.id).where(col(WorkerRow.heartbeat_at) >= stale)
+    """Running attempts whose worker has not beaten since `last_beats[workflow]` (it crashed
+    or stopped), of those workflows, and that were not swept since `stale`."""
+    if not last_beats:
+        return []
     query = (
         select(StepRow, InstanceRow)
         .join(InstanceRow, col(InstanceRow.id) == col(StepRow.instance_id))
         .where(
             col(StepRow.status) == "running",
-            col(StepRow.claimed_by).not_in(live),
+            sa.or_(
+                *(
+                    sa.and_(
+                        col(InstanceRow.workflow) == workflow,
+                        col(StepRow.claimed_by).not_in(
+                            select(WorkerRow.id).where(col(WorkerRow.heartbeat_at) >= beat)
+                        ),
+                    )
+                    for workflow, beat in sorted(last_beats.items())
+                )
+            ),
             sa.or_(col(StepRow.swept_at).is_(None), col(StepRow.swept_at) <= stale),
             col(InstanceRow.status).in_(ACTIVE_STATUSES),
-            col(InstanceRow.workflow).in_(workflows),
         )
         .limit(limit)
         .with_for_update(skip_locked=True, of=InstanceRow)
