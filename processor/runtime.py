@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from processor import config
-from processor.broker.publisher import Publisher
+from processor.broker.publisher import PUBLISH_CHANNELS, Publisher
 from processor.broker.topology import Topology
 from processor.errors import InfrastructureError, is_certificate_refused
 from processor.failpoints import crash_point
@@ -144,9 +144,12 @@ class Runtime:
             async with self.database.read() as session:
                 await self.sync_clock(session)
         self.connection = await connect_broker(self.broker_url, connect_for)
-        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-        await self.topology.declare_exchanges(channel)
-        self._publisher = Publisher(channel, self.topology, self.clock.now)
+        channels = [
+            await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+            for _ in range(PUBLISH_CHANNELS)
+        ]
+        await self.topology.declare_exchanges(channels[0])
+        self._publisher = Publisher(channels, self.topology, self.clock.now)
         self._deleter = asyncio.create_task(self._delete_published_forever())
 
     async def close(self) -> None:

@@ -1,12 +1,14 @@
 """Publishing with publisher confirms: every publish is awaited, never fire-and-forget.
 
-Concurrent publishes pipeline on one channel (aiormq matches confirms to delivery tags), so
-the hot path never waits for one confirm at a time.
+Concurrent publishes pipeline on each channel (aiormq matches confirms to delivery tags), so
+the hot path never waits for one confirm at a time; they take turns on a few channels, as
+each channel's lock lets one publish queue its frames at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -22,14 +24,20 @@ JSON = "application/json"
 ATTEMPT_HEADER = "x-warren-attempt"
 
 
+#: Confirm channels a worker publishes on, in turn. A busy worker's publishes waited for one
+#: channel's lock: two took PostgreSQL's 1,000 x 10 throughput from about 900 to 1,000
+#: steps/s (two runs each, interleaved).
+PUBLISH_CHANNELS = 2
+
+
 class Publisher:
     def __init__(
         self,
-        channel: AbstractChannel,
+        channels: Sequence[AbstractChannel],
         topology: Topology,
         now: Callable[[], datetime],
     ) -> None:
-        self.channel = channel
+        self._channels = itertools.cycle(channels)
         self.topology = topology
         #: The runtime's clock: a wake-up's delay is counted from the database's time.
         self.now = now
@@ -121,7 +129,7 @@ class Publisher:
         bounded write queue still pushes back); the confirm is awaited all the same.
         """
         # `wait` is on aiormq's Channel, not on the abstract type aio-pika hands out.
-        channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
+        channel = cast(aiormq.Channel, await next(self._channels).get_underlay_channel())
         await channel.basic_publish(
             body,
             exchange=exchange,
