@@ -21,9 +21,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from processor.broker.topology import ready_count
 from processor.consumers.base import Handler, hand_back, settle
 from processor.consumers.ingress import IngressConsumer
-from processor.consumers.runs import RunConsumer, is_wake_up_group
+from processor.consumers.runs import RunConsumer, carries_report, is_wake_up_group
 from processor.consumers.slots import Slots
-from processor.engine.replay import REPORT_DELIVERY_GRACE, WORKER_STALE, Claimant
+from processor.engine.replay import REPORT_CEILING, REPORT_DELIVERY_GRACE, WORKER_STALE, Claimant
 from processor.errors import InfrastructureError
 from processor.runtime import RELAY_AFTER, Runtime
 from processor.store import queries
@@ -211,15 +211,26 @@ class Worker:
         runs = self._runs = RunConsumer(runtime, self.registry, self.claimant, self._executor)
         for name in sorted(self.registry):
             run_queue, wake_queue = await topology.declare_run_queues(channel, name)
-            self._subscribe(run_queue, functools.partial(runs.handle, name))
-            wake_ups = functools.partial(runs.handle, name, wake_up=True)
-            split = functools.partial(runs.split, name)
-            self._subscribe(wake_queue, wake_ups, wake_ups=True, split=split)
+            record_only = functools.partial(runs.handle, name, may_claim=False)
+            self._subscribe(
+                run_queue,
+                functools.partial(runs.handle, name),
+                without_slot=functools.partial(self._report_without_slot, record_only),
+            )
+            self._subscribe(
+                wake_queue,
+                functools.partial(runs.handle, name, wake_up=True),
+                wake_ups=True,
+                without_slot=functools.partial(
+                    _group_without_slot, functools.partial(runs.split, name)
+                ),
+            )
         self._depth_channel = await runtime.connection.channel()
         await self._start_consuming()
         self._heartbeat = asyncio.create_task(self._every(HEARTBEAT_INTERVAL_S, self._beat))
         self._background = [
             asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_overdue_timers)),
+            asyncio.create_task(self._every(SWEEP_INTERVAL_S, self._release_dropped_attempts)),
             asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_orphaned_attempts)),
             asyncio.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_lost_runs)),
             asyncio.create_task(self._every(RELAY_INTERVAL_S, runtime.relay_stale_outbox)),
@@ -236,17 +247,29 @@ class Worker:
             )
         log.info("worker serving %s", ", ".join(sorted(self.registry)))
 
+    def _report_without_slot(
+        self, record: Handler, message: AbstractIncomingMessage
+    ) -> Handler | None:
+        """A step's report that finds every slot busy is recorded at once, claiming nothing
+        (see RunConsumer.handle)."""
+        return record if self._slots.locked() and carries_report(message) else None
+
     def _subscribe(
         self,
         queue: AbstractQueue,
         handler: Handler,
         *,
         wake_ups: bool = False,
-        split: Callable[[AbstractIncomingMessage], Awaitable[None]] | None = None,
+        without_slot: Callable[[AbstractIncomingMessage], Handler | None] | None = None,
     ) -> None:
+        """Consume `queue` with `handler`, each message in a concurrency slot; a message for
+        which `without_slot` gives a handler is handled by that one at once, without a slot
+        (`wake_ups`: the queue's messages are wake-ups, see consumers/slots.py)."""
+
         async def handle(message: AbstractIncomingMessage) -> None:
-            if split is not None and is_wake_up_group(message):
-                await settle(self.runtime, queue.name, message, split)  # needs no slot
+            slotless = without_slot(message) if without_slot is not None else None
+            if slotless is not None:
+                await settle(self.runtime, queue.name, message, slotless)
                 return
             # Prefetch is per queue (quorum queues have no channel-wide QoS): the slots make
             # `concurrency` a limit for the whole worker.
@@ -389,9 +412,9 @@ class Worker:
 
     async def sweep_orphaned_attempts(self) -> int:
         """Wake instances with a running attempt whose worker stopped beating (it crashed)
-        before its run queue was last seen empty, so no report of it is still on its way:
-        their replay presumes the attempt lost and retries it (see Replay._attempt_is_lost).
-        Returns how many were woken."""
+        before its run queue was last seen empty, so no report of it is still on its way, or
+        over REPORT_CEILING ago: their replay presumes the attempt lost and retries it (see
+        Replay._attempt_is_lost). Returns how many were woken."""
         if not self.claimant.trusts_heartbeats(self.runtime.clock.now()):
             return 0
         drained_at = self.claimant.run_drained_at
@@ -399,11 +422,12 @@ class Worker:
         def find(
             session: AsyncSession, now: datetime
         ) -> Awaitable[list[tuple[StepRow, InstanceRow]]]:
-            last_beats = {
-                name: min(now, drained_at[name] - REPORT_DELIVERY_GRACE) - WORKER_STALE
-                for name in self.registry
-                if name in drained_at
-            }
+            ceiling = now - REPORT_CEILING - WORKER_STALE
+            last_beats = {name: ceiling for name in self.registry}
+            for name, drained in drained_at.items():
+                if name in last_beats:
+                    reported_by = min(now, drained - REPORT_DELIVERY_GRACE)
+                    last_beats[name] = max(ceiling, reported_by - WORKER_STALE)
             return queries.orphaned_steps(session, last_beats, now - WORKER_STALE, 500)
 
         return await self._wake(find, "attempts whose worker died")
@@ -550,3 +574,8 @@ class Worker:
                 await job()
             except Exception as error:  # the next run tries again
                 log.warning("%s failed: %r", getattr(job, "__name__", job), error)
+
+
+def _group_without_slot(split: Handler, message: AbstractIncomingMessage) -> Handler | None:
+    """A wake-up carrying several instances is split on arrival (see RunConsumer.split)."""
+    return split if is_wake_up_group(message) else None

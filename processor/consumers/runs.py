@@ -34,6 +34,12 @@ def is_wake_up_group(message: AbstractIncomingMessage) -> bool:
     return b'"more_instance_ids"' in message.body
 
 
+def carries_report(message: AbstractIncomingMessage) -> bool:
+    """Whether the run message may carry a step's report (RunInstance.report): the key cannot
+    occur in a lone run message's JSON otherwise, as `is_wake_up_group` reasons."""
+    return b'"report"' in message.body
+
+
 class RunConsumer:
     def __init__(
         self,
@@ -49,11 +55,21 @@ class RunConsumer:
         self.rounds = round_runner(runtime, registry, claimant)
 
     async def handle(
-        self, workflow: str, message: AbstractIncomingMessage, *, wake_up: bool = False
+        self,
+        workflow: str,
+        message: AbstractIncomingMessage,
+        *,
+        wake_up: bool = False,
+        may_claim: bool = True,
     ) -> FollowUp | None:
         """Record the step report the message carries, if any, replay the instance and commit
         its claims; running the claimed attempts is the follow-up, after the ack. A wake-up's
-        round is queued with the head start its slot had (consumers/slots.py)."""
+        round is queued with the head start its slot had (consumers/slots.py).
+
+        Without `may_claim` (a report that arrived with every slot busy), the round claims
+        nothing and publishes a run message for the steps to run: the report is recorded at
+        once rather than held, unacked and invisible, until a slot frees, while a round
+        elsewhere could take its attempt for lost (Replay._attempt_is_lost)."""
         command = decode(message, RunInstance, max_bytes=MAX_RUN_MESSAGE_BYTES)
         if await self._delayed_again(workflow, message, command):
             return None
@@ -61,7 +77,7 @@ class RunConsumer:
             await self._split(workflow, command)
             return None
         head_start = WAKE_UP_HEAD_START_S if wake_up else 0.0
-        request = RunRequest(command.instance_id, command.report)
+        request = RunRequest(command.instance_id, command.report, may_claim)
         work = await self.runtime.database.retry(
             lambda: self.rounds.submit(request, head_start=head_start)
         )

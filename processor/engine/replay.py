@@ -57,6 +57,9 @@ WORKER_STALE = timedelta(seconds=10)
 #: A report delivered to a worker is recorded within this, unless that worker's slots are all
 #: busy (see `Replay._attempt_is_lost`).
 REPORT_DELIVERY_GRACE = timedelta(seconds=5)
+#: An attempt unreported this long after it could last report is lost, whatever its run queue
+#: shows: a backlog that never drains must not keep it running for ever.
+REPORT_CEILING = timedelta(minutes=5)
 MAX_STEP_NAME = 250
 
 
@@ -416,11 +419,12 @@ class Replay:
         """A running attempt is lost when its worker released it (it stopped, see
         `queries.release_attempts`), when this very process dropped it (see Claimant.dropped),
         or once no report of it can still be on its way: its lease ran out, or its worker
-        stopped beating, and the run queue has since been seen empty. A report waits there,
-        behind any backlog, for whichever worker takes it next; one delivered before that is
-        given REPORT_DELIVERY_GRACE to be recorded. Not for a stale heartbeat while heartbeats
-        are not trusted (see Claimant.trusts_heartbeats): after an outage the owner may still
-        be reporting."""
+        stopped beating, and the run queue has since been seen empty, or REPORT_CEILING has
+        passed. A report waits there, behind any backlog, for whichever worker takes it next;
+        one delivered before that is given REPORT_DELIVERY_GRACE to be recorded (a worker
+        records a report at once, slot or not: RunConsumer.handle). Not for a stale heartbeat
+        while heartbeats are not trusted (see Claimant.trusts_heartbeats): after an outage the
+        owner may still be reporting."""
         if row.claimed_by is None:
             return True
         lease_over = row.wake_at is not None and row.wake_at <= self.now
@@ -442,6 +446,8 @@ class Replay:
                 last_report_at = stale_at
         if last_report_at is None:
             return False
+        if last_report_at <= self.now - REPORT_CEILING:
+            return True
         drained = self.claimant.run_drained_at.get(self.instance.workflow)
         return drained is not None and drained >= last_report_at + REPORT_DELIVERY_GRACE
 

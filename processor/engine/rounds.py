@@ -70,6 +70,8 @@ class RunRequest:
 
     instance_id: str
     report: StepReport | None = None
+    #: False: the submitter has no slot to run attempts in (see RunConsumer.handle).
+    may_claim: bool = True
 
 
 @dataclass
@@ -138,7 +140,9 @@ async def replay_rounds(
         # Most likely not committed; if the commit did happen, no one here runs them.
         claimant.drop(claimed)
         raise
-    return [works.pop(request.instance_id, None) for request in requests]
+    return [
+        works.pop(request.instance_id, None) if request.may_claim else None for request in requests
+    ]
 
 
 async def _replay_rounds(
@@ -151,6 +155,7 @@ async def _replay_rounds(
     works: dict[str, ClaimedWork] = {}
     ended: list[tuple[InstanceRow, Span, ReplayResult, ClaimedWork | None]] = []
     reports: dict[str, list[StepReport]] = {}
+    claiming = {request.instance_id for request in requests if request.may_claim}
     for request in requests:
         if request.report is not None:
             reports.setdefault(request.instance_id, []).append(request.report)
@@ -185,7 +190,12 @@ async def _replay_rounds(
                 for report in reports.get(instance.id, ()):
                     _record_report(tx, instance, instance_steps, report)
                 result, work = await _advance(
-                    tx, instance, instance_steps, registry[workflow], claimant
+                    tx,
+                    instance,
+                    instance_steps,
+                    registry[workflow],
+                    claimant,
+                    may_claim=instance.id in claiming,
                 )
                 if work is not None:
                     # Before the commit: a round of a copy of this run message, or of an
@@ -255,6 +265,8 @@ async def _advance(
     steps: list[StepRow],
     workflow: type[Workflow[Any]],
     claimant: Claimant,
+    *,
+    may_claim: bool,
 ) -> tuple[ReplayResult | None, ClaimedWork | None]:
     """The round's work inside its transaction: replay, then apply what the replay decided.
     Returns the replay's result (None if there was nothing to replay) and the claimed work."""
@@ -294,6 +306,10 @@ async def _advance(
         # The step boundary a pause waits for: start nothing new.
         instance.status = InstanceStatusName.PAUSED.value
         instance.pause_requested = False
+        return result, None
+    if result.attempts and not may_claim:
+        tx.emit_run(instance)  # for a round with a slot to claim them
+        instance.status = InstanceStatusName.RUNNING.value
         return result, None
     for pending in result.attempts:
         claim(pending.step, pending, claimant.worker_id, tx.now)

@@ -232,3 +232,34 @@ async def test_a_report_held_up_in_the_run_queue_past_its_lease_is_recorded(
     await worker._start_consuming()
     assert await instance.result(timeout=30) == "done"
     assert RUNS[instance.id] == 1
+
+
+class TwoSteps(Workflow):
+    name = "two-steps"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> str:
+        once = RetryPolicy(limit=0)
+        await step.do("first", counted, f"{event.instance_id}:first", 3.0, retries=once)
+        return await step.do("second", counted, f"{event.instance_id}:second", 0.0, retries=once)
+
+
+async def test_a_report_that_finds_every_slot_busy_is_recorded_at_once(env: TestEnv) -> None:
+    """The only worker left to take a report has its one slot busy with a long step: the
+    report is recorded at once (so no round elsewhere could take its attempt for lost while
+    it waited unacked), and the next step runs once the slot is free."""
+    first = await env.start_worker(TwoSteps, shutdown_grace=30)
+    instance = await env.client.create(TwoSteps)
+    await assert_eventually(lambda: _ran(f"{instance.id}:first"), what="the first step")
+    await env.start_worker(TwoSteps, Long, concurrency=1)
+    blocker = await env.client.create(Long)  # only that worker serves it
+    await assert_eventually(lambda: _ran(blocker.id), what="the long step to start")
+    await env.stop_worker(first)  # the first step ends; its report goes to the busy worker
+
+    async def first_recorded() -> bool:
+        steps = {step.name: step for step in (await instance.status()).steps}
+        return steps["first"].status == "complete"
+
+    await assert_eventually(first_recorded, timeout=5, what="the report to be recorded")
+    assert RUNS[f"{instance.id}:second"] == 0  # the slot is still busy
+    assert await instance.result(timeout=30) == "done"
+    assert await blocker.result(timeout=30) == "done"

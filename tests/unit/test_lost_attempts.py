@@ -8,7 +8,13 @@ from typing import Any
 
 from sqlalchemy.orm import configure_mappers
 
-from processor.engine.replay import REPORT_DELIVERY_GRACE, WORKER_STALE, Claimant, Replay
+from processor.engine.replay import (
+    REPORT_CEILING,
+    REPORT_DELIVERY_GRACE,
+    WORKER_STALE,
+    Claimant,
+    Replay,
+)
 from processor.store.tables import InstanceRow, StepRow, new_row
 from schemas import StepStatusName
 
@@ -72,3 +78,9 @@ def test_another_workers_attempt_waits_for_its_queued_report() -> None:
     assert is_lost(OTHER, beats={}, drained=None)  # its row is gone: long dead
     assert not is_lost(OTHER, beats=fresh, lease_over=True, drained=LEASE_END)
     assert is_lost(OTHER, beats=fresh, lease_over=True, drained=LEASE_END + REPORT_DELIVERY_GRACE)
+
+
+def test_a_run_queue_never_seen_empty_holds_an_attempt_only_up_to_the_ceiling() -> None:
+    long_dead = {OTHER: NOW - WORKER_STALE - REPORT_CEILING}
+    assert is_lost(OTHER, beats=long_dead, drained=None)
+    assert not is_lost(OTHER, beats={OTHER: long_dead[OTHER] + timedelta(seconds=1)})
