@@ -66,10 +66,10 @@ class RunConsumer:
         its claims; running the claimed attempts is the follow-up, after the ack. A wake-up's
         round is queued with the head start its slot had (consumers/slots.py).
 
-        Without `may_claim` (a report that arrived with every slot busy), the round claims
-        nothing and publishes a run message for the steps to run: the report is recorded at
-        once rather than held, unacked and invisible, until a slot frees, while a round
-        elsewhere could take its attempt for lost (Replay._attempt_is_lost)."""
+        Without `may_claim` (a report that found no free slot soon), the round claims
+        nothing and publishes a run message for the steps to run: the report is recorded
+        rather than held, unacked and invisible, until a slot frees, while a round elsewhere
+        could take its attempt for lost (Replay._attempt_is_lost)."""
         command = decode(message, RunInstance, max_bytes=MAX_RUN_MESSAGE_BYTES)
         if await self._delayed_again(workflow, message, command):
             return None

@@ -422,9 +422,9 @@ class Replay:
         stopped beating, and the run queue has since been seen empty, or REPORT_CEILING has
         passed. A report waits there, behind any backlog, for whichever worker takes it next;
         one delivered before that is given REPORT_DELIVERY_GRACE to be recorded (a worker
-        records a report at once, slot or not: RunConsumer.handle). Not for a stale heartbeat
-        while heartbeats are not trusted (see Claimant.trusts_heartbeats): after an outage the
-        owner may still be reporting."""
+        waits at most a second for a slot to record it in: RunConsumer.handle). Not for a
+        stale heartbeat while heartbeats are not trusted (see Claimant.trusts_heartbeats):
+        after an outage the owner may still be reporting."""
         if row.claimed_by is None:
             return True
         lease_over = row.wake_at is not None and row.wake_at <= self.now
