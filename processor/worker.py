@@ -137,8 +137,8 @@ class Worker:
         #: Reads the queues' depth for the sweeps, apart from the consumers: a passive
         #: declare of a queue someone deleted closes its channel.
         self._depth_channel: AbstractChannel | None = None
-        #: Per workflow, when its run queue and its wake queue were last seen with no ready
-        #: message (DB clock).
+        #: Per workflow, when its wake queue was last seen with no ready message (DB clock;
+        #: the run queues' readings are the Claimant's `run_drained_at`).
         self._wake_drained_at: dict[str, datetime] = {}
 
     @property

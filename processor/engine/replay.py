@@ -54,8 +54,8 @@ QUIET_TURNS = 20
 LEASE_GRACE = timedelta(seconds=30)
 #: A worker whose last heartbeat is older than this is presumed dead, its attempts lost.
 WORKER_STALE = timedelta(seconds=10)
-#: A report delivered to a worker is recorded within this, unless that worker's slots are all
-#: busy (see `Replay._attempt_is_lost`).
+#: A report delivered to a worker is recorded within this: it waits at most a second for a
+#: slot (see `Replay._attempt_is_lost`, worker.REPORT_SLOT_WAIT_S).
 REPORT_DELIVERY_GRACE = timedelta(seconds=5)
 #: An attempt unreported this long after it could last report is lost, whatever its run queue
 #: shows: a backlog that never drains must not keep it running for ever.

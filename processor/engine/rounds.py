@@ -276,9 +276,14 @@ async def _advance(
         return None, None  # resume publishes a run message of its own
     # None: every worker counts as alive (see Claimant.trusts_heartbeats).
     last_beats: dict[str, datetime] | None = None
-    running = [step.claimed_by or "" for step in steps if step.status == StepStatusName.RUNNING]
-    if running and claimant.trusts_heartbeats(tx.now):
-        last_beats = await driver.last_beats(tx.session, running)
+    others = {
+        step.claimed_by
+        for step in steps
+        if step.status == StepStatusName.RUNNING
+        and step.claimed_by not in (None, claimant.worker_id)  # need no heartbeat
+    }
+    if others and claimant.trusts_heartbeats(tx.now):
+        last_beats = await driver.last_beats(tx.session, others)
     # After that query: set before it, it would be written by an UPDATE of its own (autoflush).
     instance.run_due_at = None  # this is the round that was owed
     replay = Replay(
@@ -389,30 +394,24 @@ async def _publish_report(runtime: Runtime, work: ClaimedWork, report: StepRepor
     """Publish the report as the instance's next run message, with a confirm. The report lives
     only in this process until then, so a failed publish is tried again until it succeeds
     (the robust connection comes back with the broker) or the worker stops."""
+
+    def body_of(report: StepReport) -> bytes:
+        run = RunInstance(instance_id=work.instance_id, report=report)
+        return run.model_dump_json(exclude_none=True).encode()
+
     try:
-        body = RunInstance(instance_id=work.instance_id, report=report).model_dump_json(
-            exclude_none=True
-        )
-    except Exception as error:  # an error text that is not UTF-8, say: the step failed
-        report = report.model_copy(
-            update={
-                "output": None,
-                "error": ErrorInfo(
-                    name="SerializationError",
-                    message="the attempt's outcome could not be sent as JSON "
-                    f"({type(error).__name__})",
-                ),
-                "retry_after_ms": None,
-            }
-        )
-        body = RunInstance(instance_id=work.instance_id, report=report).model_dump_json(
-            exclude_none=True
+        body = body_of(report)
+    except Exception as error:  # text that is not UTF-8 in a step name, say: the step failed
+        cause = f"the attempt's outcome could not be sent as JSON ({type(error).__name__})"
+        failed = ErrorInfo(name="SerializationError", message=cause)
+        body = body_of(
+            report.model_copy(update={"output": None, "error": failed, "retry_after_ms": None})
         )
     message_id = queries.new_message_id()
     wait, most = REPORT_RETRY_S
     while True:
         try:
-            await runtime.publisher.publish_run(work.workflow, body.encode(), message_id)
+            await runtime.publisher.publish_run(work.workflow, body, message_id)
             return
         except Exception as error:  # the broker is away, or the channel is being restored
             log.warning("publishing the report of %s failed, trying again: %r", report.step, error)
