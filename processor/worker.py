@@ -358,7 +358,10 @@ class Worker:
         self._background.clear()
         # Attempts it will not report (cancelled above) are released: other workers retry
         # them at once. The ones it reported stay its own until their reports are recorded
-        # (see Replay._attempt_is_lost): its row stays, its heartbeat ages.
+        # (see Replay._attempt_is_lost): its row stays, its heartbeat ages. Every task that
+        # could report is over now, so an attempt still counted as running was claimed and
+        # never started (its message acked, its follow-up cancelled before it began).
+        self.claimant.drop(list(self.claimant.running))
         try:
             await self._release_dropped_attempts()
         except Exception as error:  # they are taken for lost once the heartbeat is stale

@@ -14,10 +14,13 @@ import pytest
 
 from processor import RetryPolicy, Workflow, WorkflowEvent, WorkflowStep
 from processor import worker as worker_module
+from processor.consumers import runs as runs_module
 from processor.engine import attempts, rounds
 from processor.engine.replay import REPORT_DELIVERY_GRACE
 from processor.engine.rounds import RunRequest, replay_rounds
 from processor.store import driver
+from processor.store.database import Database
+from processor.store.tables import StepRow
 from tests.conftest import TestEnv, assert_eventually
 
 RUNS: Counter[str] = Counter()
@@ -263,3 +266,31 @@ async def test_a_report_that_finds_every_slot_busy_is_recorded_at_once(env: Test
     assert RUNS[f"{instance.id}:second"] == 0  # the slot is still busy
     assert await instance.result(timeout=30) == "done"
     assert await blocker.result(timeout=30) == "done"
+
+
+async def test_a_claim_whose_run_never_began_is_released_at_stop(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run message is acked once the claim commits; a worker that stops before running
+    the claimed attempt (its follow-up cancelled before it began) releases it, so the next
+    worker retries it at once rather than once the heartbeat is stale."""
+    began = asyncio.Event()
+
+    async def never_runs(*args: Any) -> None:
+        began.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(runs_module, "run_claimed", never_runs)
+    stopping = await env.start_worker(Long, shutdown_grace=0.1)
+    instance = await env.client.create(Long)
+    await asyncio.wait_for(began.wait(), 10)
+    await env.stop_worker(stopping)
+
+    database = Database(env.backend.database_url, schema=env.backend.schema)
+    try:
+        async with database.read() as session:
+            row = await session.get(StepRow, (instance.id, "long"))
+    finally:
+        await database.close()
+    assert row is not None and row.status == "running"
+    assert row.claimed_by is None  # released: taken for lost by the next round at once
