@@ -9,9 +9,11 @@ the relay (`relay_stale_outbox`), so a committed change always gets its message 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -63,29 +65,46 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: Seconds on a clock no change of the wall clock moves: on Linux the boot time, which unlike
+#: the monotonic clock also counts the time the machine was suspended (a laptop's client).
+steady_seconds: Callable[[], float] = (
+    functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+    if hasattr(time, "CLOCK_BOOTTIME")
+    else time.monotonic
+)
+
+
 class Clock:
-    """The database's time as this process reads it: the local clock plus an offset measured
-    against PostgreSQL on every heartbeat.
+    """The database's time as this process reads it: a reading of PostgreSQL's clock, taken on
+    every heartbeat, carried forward on the local steady clock.
 
     Timers, leases and heartbeats written by one process are read by others, so they must all
     keep one time: a worker whose clock runs an hour behind would otherwise fire every timer an
-    hour early. The offset is the sample with the shortest round trip of the last few.
+    hour early. The reading kept is the one with the shortest round trip of the last few; the
+    steady clock carries it, so a step of the local wall clock (an NTP correction) moves
+    nothing. With no server clock to read (SQLite, one machine), it is the local clock.
     """
 
     SAMPLES = 10
 
     def __init__(self) -> None:
-        self.offset = timedelta(0)
-        self._samples: deque[tuple[timedelta, timedelta]] = deque(maxlen=self.SAMPLES)
+        #: (round trip, server time, steady time it was read at) of the last readings.
+        self._samples: deque[tuple[float, datetime, float]] = deque(maxlen=self.SAMPLES)
+        self._anchor: tuple[datetime, float] | None = None
 
     def now(self) -> datetime:
-        return utcnow() + self.offset
+        if self._anchor is None:
+            return utcnow()
+        server_time, read_at = self._anchor
+        return server_time + timedelta(seconds=steady_seconds() - read_at)
 
-    def add_sample(self, sent: datetime, server_time: datetime, received: datetime) -> None:
-        """One reading of the server's clock, taken between `sent` and `received` (local)."""
+    def add_sample(self, sent: float, server_time: datetime, received: float) -> None:
+        """One reading of the server's clock, taken between `sent` and `received`
+        (`steady_seconds()`)."""
         round_trip = received - sent
-        self._samples.append((round_trip, server_time - (sent + round_trip / 2)))
-        self.offset = min(self._samples)[1]
+        self._samples.append((round_trip, server_time, sent + round_trip / 2))
+        _, best_time, read_at = min(self._samples, key=lambda sample: sample[0])
+        self._anchor = (best_time, read_at)
 
 
 @dataclass
@@ -191,10 +210,10 @@ class Runtime:
 
     async def sync_clock(self, session: AsyncSession) -> None:
         """Measure the database's clock against ours (see `Clock`)."""
-        sent = utcnow()
+        sent = steady_seconds()
         server_time = await self.database.server_time(session)
         if server_time is not None:
-            self.clock.add_sample(sent, server_time, utcnow())
+            self.clock.add_sample(sent, server_time, steady_seconds())
 
     async def publish_outbox(self, rows: list[OutboxRow]) -> list[int]:
         """Publish committed outbox rows concurrently; returns the ids of those published. A

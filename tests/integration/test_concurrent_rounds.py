@@ -292,5 +292,6 @@ async def test_a_claim_whose_run_never_began_is_released_at_stop(
             row = await session.get(StepRow, (instance.id, "long"))
     finally:
         await database.close()
-    assert row is not None and row.status == "running"
+    assert row is not None
+    assert row.status == "running"
     assert row.claimed_by is None  # released: taken for lost by the next round at once
