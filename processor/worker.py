@@ -400,8 +400,11 @@ class Worker:
         added a copy of most late ones (7,578 for the benchmark's 10,000 sleepers, when they
         shared the run queue), just when the workers were behind. A timer overdue by
         TIMER_SWEEP_CEILING is swept whatever the queue showed (a backlog that never drains, a
-        queue whose depth cannot be read), once per ceiling. A lease has no message of its own:
-        it is swept on time alone.
+        queue whose depth cannot be read), once per ceiling. A lapsed lease is swept once the
+        round it wakes will take the attempt for lost (Replay._attempt_is_lost): its run queue
+        seen empty REPORT_DELIVERY_GRACE after the lease ran out, so no report of it is still
+        queued, or REPORT_CEILING after it; swept every few seconds instead, an instance whose
+        report waits behind a backlog got a round that parked again each time.
         """
         names = sorted(self.registry)
         await self._note_drained(names, self.runtime.topology.wake_queue, self._wake_drained_at)
@@ -414,7 +417,13 @@ class Worker:
             timer_cutoffs = {name: ceiling for name in names}
             for name, drained in self._wake_drained_at.items():
                 timer_cutoffs[name] = max(ceiling, min(cutoff, drained - CASCADE_LAG))
-            return queries.overdue_steps(session, timer_cutoffs, cutoff, names, 500)
+            report_ceiling = now - REPORT_CEILING
+            lease_cutoffs = {name: report_ceiling for name in names}
+            for name, drained in self.claimant.run_drained_at.items():
+                if name in lease_cutoffs:
+                    reported_by = drained - REPORT_DELIVERY_GRACE
+                    lease_cutoffs[name] = max(report_ceiling, min(cutoff, reported_by))
+            return queries.overdue_steps(session, timer_cutoffs, lease_cutoffs, 500)
 
         return await self._wake(find, "overdue timers")
 

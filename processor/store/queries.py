@@ -160,13 +160,13 @@ async def register_workflows(session: AsyncSession, names: Sequence[str], now: d
 async def overdue_steps(
     session: AsyncSession,
     timer_cutoffs: Mapping[str, datetime],
-    lease_cutoff: datetime,
-    workflows: Sequence[str],
+    lease_cutoffs: Mapping[str, datetime],
     limit: int,
 ) -> list[tuple[StepRow, InstanceRow]]:
     """Steps whose timer is overdue, and not swept since: a sleep, back-off or event timeout
-    due at or before its workflow's cutoff in `timer_cutoffs` (a workflow without one is left
-    alone), or a running attempt of one of `workflows` whose lease ran out by `lease_cutoff`.
+    due at or before its workflow's cutoff in `timer_cutoffs`, or a running attempt whose
+    lease ran out by its workflow's cutoff in `lease_cutoffs` (a workflow without one is left
+    alone).
 
     The instance row locks (SKIP LOCKED on PostgreSQL) keep two sweepers off the same timers;
     they are the instance's, taken first as every round takes them, so a sweep and a round
@@ -180,7 +180,9 @@ async def overdue_steps(
         )
 
     is_running = col(StepRow.status) == StepStatusName.RUNNING
-    latest = max([lease_cutoff, *timer_cutoffs.values()])
+    if not timer_cutoffs and not lease_cutoffs:
+        return []
+    latest = max([*lease_cutoffs.values(), *timer_cutoffs.values()])
     query = (
         select(StepRow, InstanceRow)
         .join(InstanceRow, col(InstanceRow.id) == col(StepRow.instance_id))
@@ -190,7 +192,10 @@ async def overdue_steps(
             col(StepRow.wake_at) <= latest,
             col(InstanceRow.status).in_(ACTIVE_STATUSES),
             sa.or_(
-                sa.and_(is_running, col(InstanceRow.workflow).in_(workflows), due_by(lease_cutoff)),
+                *(
+                    sa.and_(is_running, col(InstanceRow.workflow) == workflow, due_by(cutoff))
+                    for workflow, cutoff in sorted(lease_cutoffs.items())
+                ),
                 *(
                     sa.and_(~is_running, col(InstanceRow.workflow) == workflow, due_by(cutoff))
                     for workflow, cutoff in sorted(timer_cutoffs.items())

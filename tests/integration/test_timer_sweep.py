@@ -1,6 +1,7 @@
 """The timer sweep (`Worker.sweep_overdue_timers`) republishes a wake-up only once its wake
 queue has been seen empty since the wake-up was due: a backlog holds wake-ups up, it does not
-lose them. A running attempt's lease has no message to wait for and is swept on time alone.
+lose them. A lapsed lease is swept once its run queue has been seen empty since (no report of
+the attempt can still be queued there), or once it lapsed long ago (REPORT_CEILING).
 What the sweep republishes goes to the wake queue too, whose readings decide the next sweep.
 
 Each test calls the sweep itself, on a worker that has stopped consuming (so messages stay in
@@ -15,6 +16,7 @@ import pytest
 
 from processor import Worker, Workflow, WorkflowEvent, WorkflowStep
 from processor.broker.topology import ready_count
+from processor.engine.replay import REPORT_CEILING
 from processor.store.tables import StepRow, new_row
 from schemas import RunInstance, StepKind, StepStatusName
 from tests.conftest import TestEnv, assert_eventually
@@ -101,7 +103,28 @@ async def test_a_lost_wake_up_is_republished_once_the_queue_is_seen_empty(env: T
     assert await instance.result(timeout=20) == "hello"
 
 
-async def test_a_lapsed_lease_is_swept_while_the_queue_is_never_seen_empty(env: TestEnv) -> None:
+async def _claimed_by_a_gone_worker(worker: Worker, instance_id: str, lapsed: timedelta) -> None:
+    """An attempt claimed by a worker that is gone, whose lease lapsed `lapsed` ago."""
+    async with worker.runtime.database.transaction() as session:
+        session.add(
+            new_row(
+                StepRow,
+                instance_id=instance_id,
+                key="hello",
+                seq=0,
+                name="hello",
+                kind=StepKind.DO.value,
+                status=StepStatusName.RUNNING.value,
+                attempt=1,
+                claimed_by="a-worker-that-is-gone",
+                wake_at=worker.runtime.clock.now() - lapsed,
+            )
+        )
+
+
+async def test_a_lapsed_lease_waits_for_its_run_queue_to_be_seen_empty(env: TestEnv) -> None:
+    """While the run queue holds messages, the attempt's report may be among them: a round
+    would not take the attempt for lost, so the sweep does not wake one."""
     worker = await env.start_worker(Hello)
     await worker._stop_consuming()
     instance = await env.client.create(Hello)  # its run message stays queued
@@ -109,22 +132,31 @@ async def test_a_lapsed_lease_is_swept_while_the_queue_is_never_seen_empty(env: 
     wake_queue = worker.runtime.topology.wake_queue(Hello.name)
     async with open_wire(env) as wire:
         await queued(wire, run_queue, 1)
-        # An attempt claimed by a worker that is gone, its lease over a minute ago.
-        async with worker.runtime.database.transaction() as session:
-            session.add(
-                new_row(
-                    StepRow,
-                    instance_id=instance.id,
-                    key="hello",
-                    seq=0,
-                    name="hello",
-                    kind=StepKind.DO.value,
-                    status=StepStatusName.RUNNING.value,
-                    attempt=1,
-                    claimed_by="a-worker-that-is-gone",
-                    wake_at=worker.runtime.clock.now() - timedelta(minutes=1),
-                )
-            )
+        await _claimed_by_a_gone_worker(worker, instance.id, timedelta(minutes=1))
+        assert await worker.sweep_lost_runs() == 0  # reads the run queue: not empty
+        assert await worker.sweep_overdue_timers() == 0
+
+        assert len(await wire.take(run_queue)) == 1  # the queue drains
+        assert await worker.sweep_lost_runs() == 0  # seen empty
+        assert await worker.sweep_overdue_timers() == 1
+        assert await worker.sweep_overdue_timers() == 0  # not again before the next reading
+        await queued(wire, wake_queue, 1)
+    await worker._start_consuming()
+    assert await instance.result(timeout=20) == "hello"
+
+
+async def test_a_lease_lapsed_past_the_ceiling_is_swept_while_the_queue_is_never_seen_empty(
+    env: TestEnv,
+) -> None:
+    worker = await env.start_worker(Hello)
+    await worker._stop_consuming()
+    instance = await env.client.create(Hello)  # its run message stays queued
+    run_queue = worker.runtime.topology.run_queue(Hello.name)
+    wake_queue = worker.runtime.topology.wake_queue(Hello.name)
+    async with open_wire(env) as wire:
+        await queued(wire, run_queue, 1)
+        lapsed = REPORT_CEILING + timedelta(minutes=1)
+        await _claimed_by_a_gone_worker(worker, instance.id, lapsed)
 
         assert await worker.sweep_overdue_timers() == 1
         await queued(wire, wake_queue, 1)
