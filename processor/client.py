@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from processor.durations import Duration, parse_duration
 from processor.engine import commands
 from processor.engine.results import to_json_data
-from processor.errors import InstanceFailedError, InstanceNotFoundError
+from processor.errors import InstanceExistsError, InstanceFailedError, InstanceNotFoundError
 from processor.runtime import Runtime
 from processor.step import ReceivedEvent
 from processor.store import queries
@@ -108,6 +108,8 @@ class Client:
             namespace=namespace,
             database_schema=database_schema,
         )
+        #: Workflows seen registered: a create of one skips the check (registrations stay).
+        self._registered: set[str] = set()
 
     async def __aenter__(self) -> Self:
         await self.runtime.open()
@@ -149,7 +151,7 @@ class Client:
             items: dicts with optional keys "id" and "params".
 
         Raises:
-            As `create`; an InstanceExistsError creates none of them.
+            As `create`; an InstanceExistsError names the ids taken and creates none.
         """
         name = workflow_name(workflow)
         if not 1 <= len(items) <= MAX_BATCH:
@@ -167,8 +169,20 @@ class Client:
         ids = [i for i, _ in prepared if i is not None]
         if len(ids) != len(set(ids)):
             raise ValueError("create_batch got the same id twice")
-        async with self.runtime.transaction() as tx:
-            rows = await commands.create_instances(tx, name, prepared)
+        try:
+            async with self.runtime.transaction() as tx:
+                rows = await commands.create_instances(
+                    tx, name, prepared, known_registered=name in self._registered
+                )
+        except InstanceExistsError:
+            if len(prepared) == 1:
+                raise
+            async with self.runtime.database.read() as session:  # which ones, for the error
+                taken = await queries.existing_instance_ids(session, ids)
+            if not taken:
+                raise
+            raise InstanceExistsError(", ".join(taken)) from None
+        self._registered.add(name)
         return [Instance(self, row.id) for row in rows]
 
     async def get(self, instance_id: str) -> Instance:

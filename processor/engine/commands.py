@@ -44,18 +44,23 @@ async def create_instances(
     workflow: str,
     items: list[tuple[str | None, dict[str, Any] | None]],
     headers: Mapping[str, object] | None = None,
+    *,
+    known_registered: bool = False,
 ) -> list[InstanceRow]:
     """Insert queued instances and their first run messages.
 
     Each instance starts a trace of its own, whose root span (`create {workflow}`) is a child
     of the span in `headers` (a message another service published), or else of the current
     span; its `traceparent` is stored with the instance for every later span to join.
+    `known_registered`: the caller has seen `workflow` registered (a registration is never
+    taken back), so the check's query is left out.
 
     Raises:
         WorkflowNotFoundError: no worker ever registered `workflow`.
-        InstanceExistsError: an id is taken (nothing is created).
+        InstanceExistsError: an id is taken (nothing is created; the error names every id
+            given, as the insert does not say which one was taken).
     """
-    if not await queries.is_registered(tx.session, workflow):
+    if not known_registered and not await queries.is_registered(tx.session, workflow):
         raise WorkflowNotFoundError(workflow)
     rows = []
     for instance_id, params in items:
@@ -74,13 +79,11 @@ async def create_instances(
             parent=instance_parent(None, headers),
         ):
             row.traceparent = current_traceparent()
-        if await queries.get_instance(tx.session, row.id) is not None:
-            raise InstanceExistsError(row.id)
         tx.session.add(row)
         rows.append(row)
     try:
         await tx.session.flush()
-    except IntegrityError as error:  # a concurrent create of the same id won the race
+    except IntegrityError as error:  # an id is taken
         raise InstanceExistsError(", ".join(row.id for row in rows)) from error
     for row in rows:
         tx.emit_run(row)

@@ -143,6 +143,12 @@ async def mark_processed(session: AsyncSession, message_id: str, now: datetime) 
     return bool(result.rowcount)
 
 
+async def existing_instance_ids(session: AsyncSession, instance_ids: Sequence[str]) -> list[str]:
+    """Those of `instance_ids` that some instance has, sorted."""
+    query = select(InstanceRow.id).where(col(InstanceRow.id).in_(instance_ids))
+    return sorted((await session.exec(query)).all())
+
+
 async def is_registered(session: AsyncSession, workflow: str) -> bool:
     return await session.get(WorkflowRow, workflow) is not None
 

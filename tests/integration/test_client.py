@@ -270,7 +270,7 @@ async def test_create_batch_with_one_taken_id_creates_none_of_the_others(env: Te
     await registered_then_stopped(env, Quick)
     await env.client.create(Quick, Order(order_id="o"), id="taken")
 
-    with pytest.raises(InstanceExistsError):
+    with pytest.raises(InstanceExistsError) as raised:
         await env.client.create_batch(
             Quick,
             [
@@ -280,6 +280,7 @@ async def test_create_batch_with_one_taken_id_creates_none_of_the_others(env: Te
             ],
         )
 
+    assert raised.value.instance_id == "taken"
     assert [s.id for s in await env.client.list()] == ["taken"]
     with pytest.raises(InstanceNotFoundError):
         await env.client.get("new-1")
