@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -23,6 +24,7 @@ from processor.errors import InstanceExistsError, InstanceFailedError, InstanceN
 from processor.runtime import Runtime
 from processor.step import ReceivedEvent
 from processor.store import queries
+from processor.store.notifications import EndedInstances
 from processor.store.tables import InstanceRow, StepRow
 from processor.workflow import Workflow, workflow_name
 from schemas import (
@@ -38,6 +40,9 @@ from schemas import (
 
 MAX_BATCH = 100
 MAX_LIST = 1000
+#: How often `result()` reads the row when told of ended instances (see notifications.py),
+#: in case a notification was lost with its connection.
+RESULT_FALLBACK_POLL_S = 1.0
 #: Longest idempotency key `send_event_once` takes.
 MAX_IDEMPOTENCY_KEY = 200
 _EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
@@ -110,6 +115,7 @@ class Client:
         )
         #: Workflows seen registered: a create of one skips the check (registrations stay).
         self._registered: set[str] = set()
+        self._ended = EndedInstances(self.runtime.database)
 
     async def __aenter__(self) -> Self:
         await self.runtime.open()
@@ -121,6 +127,7 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self._ended.close()
         await self.runtime.close()
 
     async def create(
@@ -412,21 +419,33 @@ class Instance:
             if timeout is None
             else (time.monotonic() + parse_duration(timeout, what="timeout").total_seconds())
         )
-        # Polls start at 5 ms and grow by a fifth up to 0.5 s: a result is seen at most about
-        # a fifth after it is written (growing by half, as before, added a third to the
-        # latency of a short instance), and a long wait costs two reads a second.
-        delay = 0.005
-        while True:
-            row = await self._client._row(self.id)
-            if row.status == InstanceStatusName.COMPLETE:
-                return row.output
-            if row.status in (InstanceStatusName.ERRORED, InstanceStatusName.TERMINATED):
-                error = ErrorInfo.model_validate(row.error) if row.error else None
-                raise InstanceFailedError(self.id, row.status, error)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"instance {self.id!r} is still {row.status}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.2, 0.5)
+        async with self._client._ended.watch(self.id) as ended:
+            # Notified (PostgreSQL): the row is read again each time the instance may have
+            # ended, and every RESULT_FALLBACK_POLL_S in case a notification was lost. Else
+            # polls start at 5 ms and grow by a fifth up to 0.5 s: a result is seen at most
+            # about a fifth after it is written, and a long wait costs two reads a second.
+            delay = RESULT_FALLBACK_POLL_S if ended is not None else 0.005
+            while True:
+                row = await self._client._row(self.id)
+                if row.status == InstanceStatusName.COMPLETE:
+                    return row.output
+                if row.status in (InstanceStatusName.ERRORED, InstanceStatusName.TERMINATED):
+                    error = ErrorInfo.model_validate(row.error) if row.error else None
+                    raise InstanceFailedError(self.id, row.status, error)
+                wait = delay
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"instance {self.id!r} is still {row.status}")
+                    wait = min(wait, left)
+                if ended is None:
+                    await asyncio.sleep(wait)
+                    delay = min(delay * 1.2, 0.5)
+                    continue
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await ended.wait()
+                ended.clear()
 
 
 def _status(row: InstanceRow, steps: Sequence[StepRow], now: datetime) -> InstanceStatus:

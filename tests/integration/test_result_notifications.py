@@ -1,0 +1,114 @@
+"""`Instance.result()` on PostgreSQL: told by a NOTIFY when the instance ends (migration 0004,
+processor/store/notifications.py), it reads the row again then, not on a poll; a lost
+listening connection leaves it to its fallback poll, and the next wait listens again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from processor import Client, InstanceFailedError, Workflow, WorkflowEvent, WorkflowStep
+from processor import client as client_module
+from processor.store.database import Database
+from tests.conftest import TestEnv
+
+pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+
+GATE: dict[str, asyncio.Event] = {}
+
+
+async def gated(instance_id: str) -> str:
+    await GATE[instance_id].wait()
+    return "done"
+
+
+class Gated(Workflow[dict[str, Any]]):
+    name = "notified-gated"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> str:
+        return await step.do("gated", gated, event.instance_id)
+
+
+def count_reads(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    reads: list[str] = []
+    read = client._row
+
+    async def counted(instance_id: str) -> Any:
+        reads.append(instance_id)
+        return await read(instance_id)
+
+    monkeypatch.setattr(client, "_row", counted)
+    return reads
+
+
+async def waiting(result: Awaitable[Any]) -> asyncio.Task[Any]:
+    task = asyncio.ensure_future(result)
+    await asyncio.sleep(0.5)  # result() has read the row and waits
+    assert not task.done()
+    return task
+
+
+async def test_result_reads_the_row_again_when_the_instance_ends(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 60.0)
+    await env.start_worker(Gated)
+    instance = await env.client.create(Gated)
+    GATE[instance.id] = asyncio.Event()
+    reads = count_reads(env.client, monkeypatch)
+    task = await waiting(instance.result(timeout=30))
+    GATE[instance.id].set()
+    assert await asyncio.wait_for(task, 10) == "done"
+    assert len(reads) == 2  # the first read, and the one the notification asked for
+
+
+async def test_a_terminated_instance_ends_a_waiting_result(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 60.0)
+    await env.start_worker(Gated)
+    instance = await env.client.create(Gated)
+    GATE[instance.id] = asyncio.Event()
+    task = await waiting(instance.result(timeout=30))
+    await instance.terminate()
+    with pytest.raises(InstanceFailedError, match="terminated"):
+        await asyncio.wait_for(task, 10)
+    GATE[instance.id].set()
+
+
+async def test_a_lost_listening_connection_falls_back_to_polling_then_listens_again(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 0.3)
+    await env.start_worker(Gated)
+    instance = await env.client.create(Gated)
+    GATE[instance.id] = asyncio.Event()
+    task = await waiting(instance.result(timeout=30))
+    await terminate_listener(env)
+    GATE[instance.id].set()
+    assert await asyncio.wait_for(task, 10) == "done"  # its fallback poll saw it
+
+    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 60.0)
+    second = await env.client.create(Gated)
+    GATE[second.id] = asyncio.Event()
+    task = await waiting(second.result(timeout=30))
+    GATE[second.id].set()
+    assert await asyncio.wait_for(task, 10) == "done"
+
+
+async def terminate_listener(env: TestEnv) -> None:
+    """Kill the connection this test's client listens on."""
+    pooled = env.client._ended._pooled
+    assert pooled is not None
+    pid = pooled.driver_connection.get_server_pid()
+    database = Database(env.backend.database_url, schema=env.backend.schema)
+    try:
+        async with database.engine.begin() as connection:
+            query = sa.text("SELECT pg_terminate_backend(:pid)")
+            assert (await connection.execute(query, {"pid": pid})).scalar()
+    finally:
+        await database.close()
