@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import signal
 import uuid
@@ -72,6 +73,18 @@ DEDUP_RETENTION = timedelta(days=7)
 WORKER_RETENTION = timedelta(days=1)
 #: How often the gauges read from SQL (instances by status, outbox backlog) are refreshed.
 GAUGE_REFRESH_S = 15.0
+
+
+def tune_garbage_collector() -> None:
+    """Collect the young generation after 10,000 allocations rather than 700, once the worker
+    has started (what it holds then is frozen out of every collection). A round allocates
+    thousands of short-lived objects (rows, messages, spans), so with the default threshold
+    the collector ran many times a round, and each run walked the objects of the rounds in
+    flight: a worker does 15% more steps a second (PostgreSQL, 1,000 x 10 steps, one worker,
+    two runs each: 857 / 826 -> 990 / 978 steps/s). Collections of the older generations stay as frequent
+    relative to it, so garbage in reference cycles is still reclaimed within seconds."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 class Worker:
@@ -376,13 +389,16 @@ class Worker:
             self._metrics = None
 
     async def run(self) -> None:
-        """Run until cancelled, SIGTERM or SIGINT, then stop gracefully."""
+        """Run until cancelled, SIGTERM or SIGINT, then stop gracefully. The process is the
+        worker's: it sets the signal handlers and tunes the garbage collector
+        (`tune_garbage_collector`)."""
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         try:
             async with self:
+                tune_garbage_collector()
                 await stopping.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
