@@ -81,8 +81,9 @@ def tune_garbage_collector() -> None:
     thousands of short-lived objects (rows, messages, spans), so with the default threshold
     the collector ran many times a round, and each run walked the objects of the rounds in
     flight: a worker does 15% more steps a second (PostgreSQL, 1,000 x 10 steps, one worker,
-    two runs each: 857 / 826 -> 990 / 978 steps/s). Collections of the older generations stay as frequent
-    relative to it, so garbage in reference cycles is still reclaimed within seconds."""
+    two runs each: 857 / 826 -> 990 / 978 steps/s). Collections of the older generations stay
+    as frequent relative to it, so garbage in reference cycles is still reclaimed within
+    seconds."""
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
 

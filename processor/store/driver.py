@@ -227,7 +227,8 @@ class DriverSession:
         """Write the added rows and the changed columns of the loaded ones: on PostgreSQL in
         one statement (each write a data-modifying CTE), elsewhere one statement each."""
         added, self._added = self._added, []
-        writes = [_Write.insert(row) for row in added]
+        inserts = [_Write.insert(row) for row in added]
+        writes = list(inserts)
         for row, written in self._loaded:
             if not instance_state(row).modified:
                 continue  # never set since it was loaded or built (only `__dict__` filled it)
@@ -240,13 +241,16 @@ class DriverSession:
             if changed:
                 writes.append(_Write.update(row, changed))
                 written.update(changed)
+        # In the order of their keys: a mix of writes is then one statement whatever order the
+        # rows were loaded and changed in (the CTEs write different rows, so order is free).
+        writes.sort(key=_Write.sort_key)
         mix = tuple(write.key for write in writes)
         if len(writes) > 1 and self._driver.writes_together and self._may_combine(mix):
             await self._write_together(writes, mix)
         else:
             for write in writes:
                 await self._write_one(write)
-        for write in writes[: len(added)]:  # the inserts come first
+        for write in inserts:
             self._loaded.append((write.row, {**write.values, **write.generated_values()}))
 
     async def _fetch(
@@ -357,6 +361,9 @@ class _Write:
     @property
     def key(self) -> tuple[Any, ...]:
         return (self.is_insert, self.table.name, tuple(self.values), self.generated)
+
+    def sort_key(self) -> tuple[bool, str, tuple[str, ...]]:
+        return (self.is_insert, self.table.name, tuple(self.values))
 
     def statement(self, prefix: str) -> sa.Insert | sa.Update:
         """The statement, its bind parameters named `{prefix}set_*` and `{prefix}key_*`."""
