@@ -295,15 +295,17 @@ async def _advance(
     get_metrics().replay_finished(instance.workflow, replay_s)
     instance.compute_ms += replay_s * 1000
     instance.updated_at = tx.now
-    if result.outcome == "complete":
-        instance.status = InstanceStatusName.COMPLETE.value
-        instance.output = result.output
-        await driver.clear_wakeups(tx.session, instance_id)
-        return result, None
-    if result.outcome == "errored":
-        instance.status = InstanceStatusName.ERRORED.value
-        instance.error = result.error.model_dump(mode="json") if result.error else None
-        await driver.clear_wakeups(tx.session, instance_id)
+    if result.outcome in ("complete", "errored"):
+        if result.outcome == "complete":
+            instance.status = InstanceStatusName.COMPLETE.value
+            instance.output = result.output
+        else:
+            instance.status = InstanceStatusName.ERRORED.value
+            instance.error = result.error.model_dump(mode="json") if result.error else None
+        # A finished instance has no timers left for the sweepers to act on. Every step of
+        # it is loaded here, so they are cleared with the round's other writes.
+        for step in replay.steps.values():
+            step.wake_at = None
         return result, None
     for wake_at in sorted(result.wakeups):
         tx.emit_run(instance, wake_at=wake_at)

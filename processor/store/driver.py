@@ -154,19 +154,15 @@ class _Sqlite:
         await self._hop(None)
 
     async def fetch(self, sql: str, arguments: list[Any]) -> list[Sequence[Any]]:
-        rows: list[Sequence[Any]] = await self._hop((sql, arguments, True))
+        rows: list[Sequence[Any]] = await self._hop((sql, arguments))
         return rows
-
-    async def execute(self, sql: str, arguments: list[Any]) -> int:
-        count: int = await self._hop((sql, arguments, False))
-        return count
 
     async def write(self, sql: str, arguments: list[Any]) -> None:
         self._pending.append((sql, arguments))
 
-    async def _hop(self, last: tuple[str, Sequence[Any], bool] | None) -> Any:
-        """Run the pending statements, then `last` (its rows if it fetches, else its row
-        count), in one call on the connection's thread (aiosqlite's `_execute`)."""
+    async def _hop(self, last: tuple[str, Sequence[Any]] | None) -> Any:
+        """Run the pending statements, then `last` (a query: its rows), in one call on the
+        connection's thread (aiosqlite's `_execute`)."""
         pending, self._pending = self._pending, []
         return await self.connection._execute(_run_on_thread, self.connection._conn, pending, last)
 
@@ -174,15 +170,14 @@ class _Sqlite:
 def _run_on_thread(
     connection: sqlite3.Connection,
     pending: list[tuple[str, Sequence[Any]]],
-    last: tuple[str, Sequence[Any], bool] | None,
+    last: tuple[str, Sequence[Any]] | None,
 ) -> Any:
     for sql, arguments in pending:
         connection.execute(sql, arguments)
     if last is None:
         return None
-    sql, arguments, fetch = last
-    cursor = connection.execute(sql, arguments)
-    return cursor.fetchall() if fetch else cursor.rowcount
+    sql, arguments = last
+    return connection.execute(sql, arguments).fetchall()
 
 
 class DriverSession:
@@ -216,12 +211,6 @@ class DriverSession:
     async def values(self, statement: ClauseElement, **params: Any) -> list[Any]:
         """The first column of each row of `statement`: plain values, not tracked."""
         return [next(iter(values.values())) for values in await self._fetch(statement, params)]
-
-    async def execute(self, statement: ClauseElement, **params: Any) -> int:
-        """Run an UPDATE or DELETE; returns how many rows it changed."""
-        await self.flush()
-        compiled = self._compile(statement, statement)
-        return await self._command(compiled, compiled.arguments(params))
 
     async def flush(self) -> None:
         """Write the added rows and the changed columns of the loaded ones: on PostgreSQL in
@@ -299,12 +288,6 @@ class DriverSession:
             compiled, self._driver.fetch(compiled.sql, arguments)
         )
         return rows
-
-    async def _command(self, compiled: _Compiled, arguments: list[Any]) -> int:
-        count: int = await self._traced_call(
-            compiled, self._driver.execute(compiled.sql, arguments)
-        )
-        return count
 
     async def _write(self, compiled: _Compiled, arguments: list[Any]) -> None:
         """A flush's INSERT or UPDATE: SQLite runs it with the next statement (see _Sqlite),
@@ -470,11 +453,6 @@ def _wrapped(error: Exception) -> Exception:
 # parameters are named `the_*`: SQLAlchemy reserves a column's own name for its SET value.
 
 _WORKER_BEAT = select(WorkerRow.heartbeat_at).where(col(WorkerRow.id) == sa.bindparam("the_worker"))
-_CLEAR_WAKEUPS = (
-    sa.update(StepRow)
-    .where(col(StepRow.instance_id) == sa.bindparam("the_instance"))
-    .values(wake_at=None)
-)
 _BUFFERED_EVENTS = (
     select(EventRow)
     .where(
@@ -554,11 +532,6 @@ async def last_beats(session: DriverSession, worker_ids: Iterable[str]) -> dict[
         for beat in await session.values(_WORKER_BEAT, the_worker=worker_id):
             beats[worker_id] = beat
     return beats
-
-
-async def clear_wakeups(session: DriverSession, instance_id: str) -> None:
-    """A finished instance has no timers left: the sweeper must not wake it."""
-    await session.execute(_CLEAR_WAKEUPS, the_instance=instance_id)
 
 
 async def buffered_events(session: DriverSession, instance_id: str) -> list[EventRow]:

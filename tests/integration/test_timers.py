@@ -94,3 +94,30 @@ async def test_a_sleep_of_zero_seconds_returns_at_once(env: TestEnv) -> None:
     await env.start_worker(ZeroSleep)
     instance = await env.client.create(ZeroSleep)
     assert await asyncio.wait_for(instance.result(), 15) == "awake"
+
+
+async def quick() -> str:
+    return "quick"
+
+
+class OutrunsItsNap(Workflow[dict[str, object]]):
+    """Returns while a parallel branch still sleeps: the instance ends with a timer set."""
+
+    name = "outruns-its-nap"
+
+    async def run(self, event: WorkflowEvent[dict[str, object]], step: WorkflowStep) -> str:
+        nap = asyncio.ensure_future(step.sleep("long nap", "1 hour"))
+        try:
+            return await step.do("quick", quick)
+        finally:
+            nap.cancel()
+
+
+async def test_a_finished_instance_keeps_no_timer(env: TestEnv) -> None:
+    """The sweepers look for due timers: a finished instance's are cleared as it ends."""
+    await env.start_worker(OutrunsItsNap)
+    instance = await env.client.create(OutrunsItsNap)
+    assert await instance.result(timeout=20) == "quick"
+    steps = {step.name: step for step in (await instance.status()).steps}
+    assert steps["long nap"].wake_at is None
+    assert steps["quick"].wake_at is None
