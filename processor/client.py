@@ -127,8 +127,10 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._ended.close()
-        await self.runtime.close()
+        try:
+            await self._ended.close()
+        finally:
+            await self.runtime.close()
 
     async def create(
         self,
@@ -419,17 +421,22 @@ class Instance:
             if timeout is None
             else (time.monotonic() + parse_duration(timeout, what="timeout").total_seconds())
         )
-        async with self._client._ended.watch(self.id) as ended:
+        ended_instances = self._client._ended
+        async with ended_instances.watch(self.id) as ended:
             # Notified (PostgreSQL): the row is read again each time the instance may have
             # ended, and every RESULT_FALLBACK_POLL_S in case a notification was lost. Else
             # polls start at 5 ms and grow by a fifth up to 0.5 s: a result is seen at most
             # about a fifth after it is written, and a long wait costs two reads a second.
             delay = RESULT_FALLBACK_POLL_S if ended is not None else 0.005
+            told = True  # the first read needs no notification
             while True:
                 row = await self._client._row(self.id)
+                is_terminal = InstanceStatusName(row.status).is_terminal
+                if is_terminal and not told:
+                    ended_instances.missed()
                 if row.status == InstanceStatusName.COMPLETE:
                     return row.output
-                if row.status in (InstanceStatusName.ERRORED, InstanceStatusName.TERMINATED):
+                if is_terminal:
                     error = ErrorInfo.model_validate(row.error) if row.error else None
                     raise InstanceFailedError(self.id, row.status, error)
                 wait = delay
@@ -445,6 +452,7 @@ class Instance:
                 with suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await ended.wait()
+                told = ended.is_set()
                 ended.clear()
 
 

@@ -65,11 +65,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-#: Seconds on a clock no change of the wall clock moves: on Linux the boot time, which unlike
-#: the monotonic clock also counts the time the machine was suspended (a laptop's client).
+#: Seconds on a clock no change of the wall clock moves, and that counts the time the machine
+#: was suspended (a laptop's client): Linux's boot time; elsewhere CLOCK_MONOTONIC, which
+#: counts it on macOS (where `time.monotonic()` does not).
 steady_seconds: Callable[[], float] = (
     functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
     if hasattr(time, "CLOCK_BOOTTIME")
+    else functools.partial(time.clock_gettime, time.CLOCK_MONOTONIC)
+    if hasattr(time, "CLOCK_MONOTONIC")
     else time.monotonic
 )
 

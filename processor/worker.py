@@ -355,8 +355,13 @@ class Worker:
         for task in self._background:  # first: the outage watcher would consume again
             task.cancel()
         await self._stop_consuming()
-        if self._inflight:
-            _, pending = await asyncio.wait(set(self._inflight), timeout=self.shutdown_grace)
+        # Until none is left: a delivery that arrived before the consumers were cancelled
+        # may start its handler after a first look at the set.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_grace
+        while self._inflight:
+            in_flight = set(self._inflight)
+            _, pending = await asyncio.wait(in_flight, timeout=max(0.0, deadline - loop.time()))
             for task in pending:
                 task.cancel()
             if pending:

@@ -1,16 +1,27 @@
-"""Word that an instance ended, pushed by PostgreSQL: a trigger (migration 0004) sends a NOTIFY
-on `warren_ended` with the instance's id when it reaches a terminal status, and one connection
-per client listens while any `result()` waits. SQLite has no NOTIFY: there `result()` polls.
+"""Word that an instance ended, pushed by PostgreSQL: `result()` marks its instance awaited
+(`warren_awaited_results`), and a trigger (migration 0004) sends a NOTIFY on `warren_ended`
+with the id when an awaited instance reaches a terminal status; each client listens on one
+connection of its pool from its first `result()` until it closes. SQLite has no NOTIFY: there
+`result()` polls.
+
+Only awaited instances notify: a transaction that notifies takes a lock that serialises the
+commits of all notifying transactions on the server, so instances nobody waits for (most, in
+a service that creates and moves on) must not pay it. The mark is a row of its own table, not
+a column of the instance: writing it takes no lock a round of the instance would wait for. A
+mark committed while the round that ends the instance is committing may be missed: the wait
+then sees the end at its fallback read.
 
 A notification is only a hint to read the row again: one for an instance of another schema
-(the channel is the database's) costs a read, and one lost with a broken connection leaves the
-waiter to its fallback poll, while the next wait opens a new listening connection.
+(the channel is the database's) costs a read. A listener that misses one (its connection
+closed, or silently gone) is replaced: the waiter's fallback read finds the instance ended
+without having been told, and the next wait opens a new listening connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +33,13 @@ from processor.store.database import Database
 log = logging.getLogger("warren.notifications")
 
 CHANNEL = "warren_ended"
+_MARK_AWAITED = (
+    "INSERT INTO warren_awaited_results (instance_id) VALUES ($1) ON CONFLICT DO NOTHING"
+)
+#: Opening a listening connection gives up after this; the waits poll meanwhile.
+OPEN_TIMEOUT_S = 5.0
+#: After a failed open, waits poll this long before one tries again.
+REOPEN_AFTER_S = 5.0
 
 
 class EndedInstances:
@@ -30,18 +48,25 @@ class EndedInstances:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         #: The pooled connection that listens, checked out for as long as it does.
         self._pooled: Any = None
-        self._starting = asyncio.Lock()
+        #: It missed a notification: the next wait replaces it.
+        self._is_deaf = False
+        self._closed = False
+        self._reopen_at = 0.0  # time.monotonic()
+        self._lock = asyncio.Lock()
+        self._marking = asyncio.Lock()
 
     @asynccontextmanager
     async def watch(self, instance_id: str) -> AsyncIterator[asyncio.Event | None]:
-        """An event set whenever `instance_id` may have ended, for the block's duration; None
-        where no notification can come (SQLite, or no listening connection could be opened)."""
+        """An event set whenever `instance_id` may have ended, for the block's duration (the
+        instance is marked awaited first); None where no notification can come (SQLite, or
+        no listening connection could be opened)."""
         if not await self._listening():
             yield None
             return
         event = asyncio.Event()
         self._waiters.setdefault(instance_id, set()).add(event)
         try:
+            await self._mark_awaited(instance_id)
             yield event
         finally:
             waiters = self._waiters[instance_id]
@@ -49,32 +74,60 @@ class EndedInstances:
             if not waiters:
                 del self._waiters[instance_id]
 
+    async def _mark_awaited(self, instance_id: str) -> None:
+        """One statement on the listening connection (an idle one, in autocommit): the
+        instance's end will notify. If it fails, the connection is replaced by the next wait,
+        and this one sees the end at its fallback read."""
+        pooled = self._pooled
+        try:
+            async with self._marking:  # one statement at a time on a connection
+                await pooled.driver_connection.execute(_MARK_AWAITED, instance_id)
+        except Exception as error:
+            log.info("cannot mark %s awaited, its wait polls: %r", instance_id, error)
+            self._is_deaf = True
+
+    def missed(self) -> None:
+        """A waiter found its instance ended without being told: the listener is deaf."""
+        self._is_deaf = True
+
     async def close(self) -> None:
-        pooled, self._pooled = self._pooled, None
-        if pooled is not None:
-            await _discard(pooled)
+        async with self._lock:
+            self._closed = True
+            await self._stop_listening()
 
     async def _listening(self) -> bool:
         if self._database.is_sqlite:
             return False
-        async with self._starting:
-            if self._pooled is not None and not self._pooled.driver_connection.is_closed():
-                return True
-            await self.close()
-            try:
-                pooled = await self._database.engine.raw_connection()
-            except Exception as error:  # the database is away: the waits poll meanwhile
-                log.info("cannot listen for ended instances, polling: %r", error)
+        async with self._lock:
+            if self._closed:
                 return False
-            connection: Any = pooled.driver_connection  # asyncpg's
-            try:
-                await connection.add_listener(CHANNEL, self._notified)
-            except Exception as error:
-                log.info("cannot listen for ended instances, polling: %r", error)
-                await _discard(pooled)
+            if self._pooled is not None:
+                if not self._is_deaf and not self._pooled.driver_connection.is_closed():
+                    return True
+                await self._stop_listening()
+            if time.monotonic() < self._reopen_at:
                 return False
-            self._pooled = pooled
+            pooled = None
+            try:
+                async with asyncio.timeout(OPEN_TIMEOUT_S):
+                    pooled = await self._database.engine.raw_connection()
+                    connection: Any = pooled.driver_connection  # asyncpg's
+                    await connection.add_listener(CHANNEL, self._notified)
+            except BaseException as error:  # cancelled too: the connection goes back
+                if pooled is not None:
+                    await _discard(pooled)
+                if not isinstance(error, Exception):
+                    raise
+                log.info("cannot listen for ended instances, polling: %r", error)
+                self._reopen_at = time.monotonic() + REOPEN_AFTER_S
+                return False
+            self._pooled, self._is_deaf = pooled, False
             return True
+
+    async def _stop_listening(self) -> None:
+        pooled, self._pooled = self._pooled, None
+        if pooled is not None:
+            await _discard(pooled)
 
     def _notified(self, connection: Any, pid: int, channel: str, instance_id: str) -> None:
         for event in self._waiters.get(instance_id, ()):

@@ -191,6 +191,16 @@ class OutboxRow(SQLModel, table=True):
     created_at: datetime = _time(nullable=False, index=True)
 
 
+class AwaitedResultRow(SQLModel, table=True):
+    """An instance whose result a client awaits: on PostgreSQL its end sends a notification
+    (store/notifications.py), and the trigger that sends it deletes the row. A table of its
+    own, not a column: marking an instance takes no lock a round of it would wait for."""
+
+    __tablename__ = "warren_awaited_results"
+
+    instance_id: str = Field(primary_key=True, max_length=100)
+
+
 class ProcessedMessageRow(SQLModel, table=True):
     """Ids of ingress messages already applied: a redelivered copy changes nothing."""
 

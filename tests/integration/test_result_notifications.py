@@ -1,6 +1,7 @@
 """`Instance.result()` on PostgreSQL: told by a NOTIFY when the instance ends (migration 0004,
-processor/store/notifications.py), it reads the row again then, not on a poll; a lost
-listening connection leaves it to its fallback poll, and the next wait listens again."""
+processor/store/notifications.py), it reads the row again then, not on a poll; only awaited
+instances notify; a listening connection that closed or went deaf leaves the wait to its
+fallback poll, and the next wait listens again."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.util import greenlet_spawn
 
 from processor import Client, InstanceFailedError, Workflow, WorkflowEvent, WorkflowStep
 from processor import client as client_module
 from processor.store.database import Database
-from tests.conftest import TestEnv
+from processor.store.notifications import CHANNEL
+from tests.conftest import TestEnv, assert_eventually
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
@@ -111,4 +114,53 @@ async def terminate_listener(env: TestEnv) -> None:
             query = sa.text("SELECT pg_terminate_backend(:pid)")
             assert (await connection.execute(query, {"pid": pid})).scalar()
     finally:
+        await database.close()
+
+
+async def test_a_deaf_listener_is_replaced(env: TestEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its connection stays open but hears nothing (a half-open socket, say): the fallback
+    read finds the instance ended untold, and the next wait listens on a new connection."""
+    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 0.3)
+    await env.start_worker(Gated)
+    instance = await env.client.create(Gated)
+    GATE[instance.id] = asyncio.Event()
+    task = await waiting(instance.result(timeout=30))
+    ended = env.client._ended
+    await ended._pooled.driver_connection.remove_listener(CHANNEL, ended._notified)
+    GATE[instance.id].set()
+    assert await asyncio.wait_for(task, 10) == "done"
+
+    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 60.0)
+    second = await env.client.create(Gated)
+    GATE[second.id] = asyncio.Event()
+    task = await waiting(second.result(timeout=30))
+    GATE[second.id].set()
+    assert await asyncio.wait_for(task, 10) == "done"
+
+
+async def test_only_awaited_instances_notify(env: TestEnv) -> None:
+    heard: list[str] = []
+    database = Database(env.backend.database_url, schema=env.backend.schema)
+    pooled = await database.engine.raw_connection()
+    try:
+        await pooled.driver_connection.add_listener(
+            CHANNEL, lambda connection, pid, channel, payload: heard.append(payload)
+        )
+        await env.start_worker(Gated)
+        unawaited, awaited = await env.client.create(Gated), await env.client.create(Gated)
+        for instance in (unawaited, awaited):
+            GATE[instance.id] = asyncio.Event()
+            GATE[instance.id].set()
+        assert await awaited.result(timeout=30) == "done"
+
+        async def unawaited_complete() -> bool:
+            return (await unawaited.status()).status == "complete"
+
+        await assert_eventually(unawaited_complete, what="the unawaited instance to complete")
+        await asyncio.sleep(0.5)  # a notification sent at its commit has arrived by now
+        assert awaited.id in heard
+        assert unawaited.id not in heard
+    finally:
+        await greenlet_spawn(pooled.invalidate)
+        await greenlet_spawn(pooled.close)
         await database.close()

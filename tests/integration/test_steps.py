@@ -818,8 +818,8 @@ async def test_a_received_event_carries_its_type_payload_and_utc_timestamp(env: 
         "the instance to wait for the ping event",
     )
 
-    # The engine's clock: the local one plus the offset the client measured against the
-    # database, a fraction of a millisecond off on a busy machine even when both are right.
+    # The engine's clock: the database's, as the client read it and carried it since, a
+    # fraction of a millisecond off on a busy machine even when both are right.
     before = env.client.runtime.clock.now()
     await instance.send_event("ping", {"from": "billing"})
     after = env.client.runtime.clock.now()
