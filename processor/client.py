@@ -425,9 +425,10 @@ class Instance:
         async with ended_instances.watch(self.id) as ended:
             # Notified (PostgreSQL): the row is read again each time the instance may have
             # ended, and every RESULT_FALLBACK_POLL_S in case a notification was lost. Else
-            # polls start at 5 ms and grow by a fifth up to 0.5 s: a result is seen at most
-            # about a fifth after it is written, and a long wait costs two reads a second.
-            delay = RESULT_FALLBACK_POLL_S if ended is not None else 0.005
+            # (SQLite, a local file: a read is cheap) polls start at 2 ms and grow by a tenth
+            # up to 0.5 s: a result is seen at most about a tenth after it is written, and a
+            # long wait costs two reads a second.
+            delay = RESULT_FALLBACK_POLL_S if ended is not None else 0.002
             told = True  # the first read needs no notification
             while True:
                 row = await self._client._row(self.id)
@@ -447,7 +448,7 @@ class Instance:
                     wait = min(wait, left)
                 if ended is None:
                     await asyncio.sleep(wait)
-                    delay = min(delay * 1.2, 0.5)
+                    delay = min(delay * 1.1, 0.5)
                     continue
                 with suppress(TimeoutError):
                     async with asyncio.timeout(wait):
