@@ -6,14 +6,13 @@ fallback poll, and the next wait listens again."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.util import greenlet_spawn
 
-from processor import Client, InstanceFailedError, Workflow, WorkflowEvent, WorkflowStep
+from processor import Client, Instance, InstanceFailedError, Workflow, WorkflowEvent, WorkflowStep
 from processor import client as client_module
 from processor.store.database import Database
 from processor.store.notifications import CHANNEL
@@ -48,22 +47,26 @@ def count_reads(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return reads
 
 
-async def waiting(result: Awaitable[Any]) -> asyncio.Task[Any]:
-    task = asyncio.ensure_future(result)
+async def a_waiting_result(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch, fallback_s: float
+) -> tuple[Instance, asyncio.Task[Any]]:
+    """A gated instance, and its result() waiting: untold, it reads the row every
+    `fallback_s`."""
+    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", fallback_s)
+    instance = await env.client.create(Gated)
+    GATE[instance.id] = asyncio.Event()
+    task = asyncio.ensure_future(instance.result(timeout=30))
     await asyncio.sleep(0.5)  # result() has read the row and waits
     assert not task.done()
-    return task
+    return instance, task
 
 
 async def test_result_reads_the_row_again_when_the_instance_ends(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 60.0)
     await env.start_worker(Gated)
-    instance = await env.client.create(Gated)
-    GATE[instance.id] = asyncio.Event()
     reads = count_reads(env.client, monkeypatch)
-    task = await waiting(instance.result(timeout=30))
+    instance, task = await a_waiting_result(env, monkeypatch, 60.0)
     GATE[instance.id].set()
     assert await asyncio.wait_for(task, 10) == "done"
     assert len(reads) == 2  # the first read, and the one the notification asked for
@@ -72,11 +75,8 @@ async def test_result_reads_the_row_again_when_the_instance_ends(
 async def test_a_terminated_instance_ends_a_waiting_result(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 60.0)
     await env.start_worker(Gated)
-    instance = await env.client.create(Gated)
-    GATE[instance.id] = asyncio.Event()
-    task = await waiting(instance.result(timeout=30))
+    instance, task = await a_waiting_result(env, monkeypatch, 60.0)
     await instance.terminate()
     with pytest.raises(InstanceFailedError, match="terminated"):
         await asyncio.wait_for(task, 10)
@@ -86,20 +86,18 @@ async def test_a_terminated_instance_ends_a_waiting_result(
 async def test_a_lost_listening_connection_falls_back_to_polling_then_listens_again(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 0.3)
     await env.start_worker(Gated)
-    instance = await env.client.create(Gated)
-    GATE[instance.id] = asyncio.Event()
-    task = await waiting(instance.result(timeout=30))
+    instance, task = await a_waiting_result(env, monkeypatch, 0.3)
     await terminate_listener(env)
     GATE[instance.id].set()
     assert await asyncio.wait_for(task, 10) == "done"  # its fallback poll saw it
+    await assert_listening_again(env, monkeypatch)
 
-    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 60.0)
-    second = await env.client.create(Gated)
-    GATE[second.id] = asyncio.Event()
-    task = await waiting(second.result(timeout=30))
-    GATE[second.id].set()
+
+async def assert_listening_again(env: TestEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next wait is told of its instance's end: it has listened again."""
+    instance, task = await a_waiting_result(env, monkeypatch, 60.0)
+    GATE[instance.id].set()
     assert await asyncio.wait_for(task, 10) == "done"
 
 
@@ -120,22 +118,13 @@ async def terminate_listener(env: TestEnv) -> None:
 async def test_a_deaf_listener_is_replaced(env: TestEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     """Its connection stays open but hears nothing (a half-open socket, say): the fallback
     read finds the instance ended untold, and the next wait listens on a new connection."""
-    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 0.3)
     await env.start_worker(Gated)
-    instance = await env.client.create(Gated)
-    GATE[instance.id] = asyncio.Event()
-    task = await waiting(instance.result(timeout=30))
+    instance, task = await a_waiting_result(env, monkeypatch, 0.3)
     ended = env.client._ended
     await ended._pooled.driver_connection.remove_listener(CHANNEL, ended._notified)
     GATE[instance.id].set()
     assert await asyncio.wait_for(task, 10) == "done"
-
-    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 60.0)
-    second = await env.client.create(Gated)
-    GATE[second.id] = asyncio.Event()
-    task = await waiting(second.result(timeout=30))
-    GATE[second.id].set()
-    assert await asyncio.wait_for(task, 10) == "done"
+    await assert_listening_again(env, monkeypatch)
 
 
 async def test_only_awaited_instances_notify(env: TestEnv) -> None:

@@ -103,6 +103,13 @@ async def test_a_lost_wake_up_is_republished_once_the_queue_is_seen_empty(env: T
     assert await instance.result(timeout=20) == "hello"
 
 
+async def queued_on_an_idle_worker(env: TestEnv) -> tuple[Worker, Any]:
+    """An instance whose run message stays queued: its worker no longer consumes."""
+    worker = await env.start_worker(Hello)
+    await worker._stop_consuming()
+    return worker, await env.client.create(Hello)
+
+
 async def _claimed_by_a_gone_worker(worker: Worker, instance_id: str, lapsed: timedelta) -> None:
     """An attempt claimed by a worker that is gone, whose lease lapsed `lapsed` ago."""
     async with worker.runtime.database.transaction() as session:
@@ -125,9 +132,7 @@ async def _claimed_by_a_gone_worker(worker: Worker, instance_id: str, lapsed: ti
 async def test_a_lapsed_lease_waits_for_its_run_queue_to_be_seen_empty(env: TestEnv) -> None:
     """While the run queue holds messages, the attempt's report may be among them: a round
     would not take the attempt for lost, so the sweep does not wake one."""
-    worker = await env.start_worker(Hello)
-    await worker._stop_consuming()
-    instance = await env.client.create(Hello)  # its run message stays queued
+    worker, instance = await queued_on_an_idle_worker(env)
     run_queue = worker.runtime.topology.run_queue(Hello.name)
     wake_queue = worker.runtime.topology.wake_queue(Hello.name)
     async with open_wire(env) as wire:
@@ -148,9 +153,7 @@ async def test_a_lapsed_lease_waits_for_its_run_queue_to_be_seen_empty(env: Test
 async def test_a_lease_lapsed_past_the_ceiling_is_swept_while_the_queue_is_never_seen_empty(
     env: TestEnv,
 ) -> None:
-    worker = await env.start_worker(Hello)
-    await worker._stop_consuming()
-    instance = await env.client.create(Hello)  # its run message stays queued
+    worker, instance = await queued_on_an_idle_worker(env)
     run_queue = worker.runtime.topology.run_queue(Hello.name)
     wake_queue = worker.runtime.topology.wake_queue(Hello.name)
     async with open_wire(env) as wire:
