@@ -189,7 +189,6 @@ async def _control(
         instance.error = None
         tx.emit_run(instance)
     instance.updated_at = tx.now
-    instance.version += 1  # see InstanceRow.version
     return instance
 
 

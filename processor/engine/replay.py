@@ -4,8 +4,7 @@ A replay is one round. Memoized steps return at once; a due sleep or a buffered 
 on the spot; a step that must run, a sleep not yet due or an event not yet sent parks its branch
 of `run` on a future that is never resolved. When every branch is parked (or `run` returned),
 the round ends: the parked futures are cancelled, and the caller claims the steps to execute and
-schedules the timers. Nothing of the instance waits in memory after the round (a worker may
-keep its step rows for its next round, while SQL says they are current: kept_steps.py).
+schedules the timers. Nothing of the instance stays in memory after the round.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from typing import Any, Literal, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from processor.durations import Duration, parse_duration
-from processor.engine.kept_steps import KeptSteps
 from processor.engine.results import encode_result
 from processor.errors import (
     EventTimeoutError,
@@ -97,8 +95,6 @@ class Claimant:
     #: lost-run sweep reads them every second): every report published before then had been
     #: delivered by then.
     run_drained_at: dict[str, datetime] = field(default_factory=dict)
-    #: The step rows of instances this process's rounds committed (engine/kept_steps.py).
-    kept_steps: KeptSteps = field(default_factory=KeptSteps)
 
     def start(self, attempts: typing.Iterable[tuple[str, int, str, int]]) -> None:
         """These attempts are claimed for this process to run (the claim not committed yet)."""
@@ -107,12 +103,10 @@ class Claimant:
         self.dropped.difference_update(attempts)
 
     def drop(self, attempts: typing.Iterable[tuple[str, int, str, int]]) -> None:
-        """These attempts will not be reported (see `dropped`). Their instances' kept steps
-        are forgotten: a release of the attempts will change them without a round."""
+        """These attempts will not be reported (see `dropped`)."""
         attempts = list(attempts)
         self.running.difference_update(attempts)
         self.dropped.update(attempts)
-        self.kept_steps.forget(attempt[0] for attempt in attempts)
 
     def trusts_heartbeats(self, now: datetime) -> bool:
         """Whether another worker's stale heartbeat means it died. Not right after a database

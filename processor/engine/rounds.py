@@ -166,10 +166,9 @@ async def _replay_rounds(
             )
             tx.start_now(runtime.clock.now())
             instances = [row for row in locked.values() if row.workflow in registry]
-            steps = await _steps_of(
+            steps = await driver.load_steps_of(
                 tx.session,
-                [row for row in instances if row.id in reports or _is_advancing(row)],
-                claimant,
+                [row.id for row in instances if row.id in reports or _is_advancing(row)],
             )
             for instance in instances:
                 workflow = instance.workflow
@@ -207,47 +206,11 @@ async def _replay_rounds(
                     works[instance.id] = work
                 if result is not None:
                     ended.append((instance, span, result, work))
-        _keep_steps(claimant, tx.session, locked, works)
         for instance, span, result, work in ended:
             span.set_attribute("warren.outcome", result.outcome)
             span.set_attribute("warren.attempts_claimed", len(work.attempts) if work else 0)
             _record_ended_waits(instance, result)
     return works
-
-
-async def _steps_of(
-    session: DriverSession, instances: list[InstanceRow], claimant: Claimant
-) -> dict[str, list[StepRow]]:
-    """All steps of each instance, in order: those this process kept since its last round
-    of the instance, if still current (engine/kept_steps.py), else loaded."""
-    steps: dict[str, list[StepRow]] = {}
-    to_load = []
-    for instance in instances:
-        kept = claimant.kept_steps.take(instance)
-        if kept is None:
-            to_load.append(instance.id)
-        else:
-            session.track(kept)
-            steps[instance.id] = [row for row, _ in kept]
-    steps.update(await driver.load_steps_of(session, to_load))
-    return steps
-
-
-def _keep_steps(
-    claimant: Claimant,
-    session: DriverSession,
-    instances: dict[str, InstanceRow],
-    works: dict[str, ClaimedWork],
-) -> None:
-    """After the commit: keep the steps of the instances that now run attempts here, for the
-    round their reports will bring (the others' next round is far off, or elsewhere)."""
-    rows: dict[str, list[tuple[StepRow, dict[str, Any]]]] = {}
-    for row, written in session.tracked(StepRow):
-        if row.instance_id in works:
-            rows.setdefault(row.instance_id, []).append((row, written))
-    for instance_id, work in works.items():
-        shared = {id(pending.step) for pending in work.attempts}
-        claimant.kept_steps.keep(instances[instance_id], rows.get(instance_id, []), shared)
 
 
 def _record_report(
@@ -264,15 +227,9 @@ def _record_report(
     instance.compute_ms += report.duration_ms
     instance.cpu_ms += report.cpu_ms
     retry_at = record_report(row, report, tx.now)
-    _touch(instance, tx.now)
+    instance.updated_at = tx.now
     if retry_at is not None:
         tx.emit_run(instance, wake_at=retry_at)
-
-
-def _touch(instance: InstanceRow, now: datetime) -> None:
-    """The instance changed in this transaction (see `InstanceRow.version`)."""
-    instance.updated_at = now
-    instance.version += 1
 
 
 def _is_advancing(instance: InstanceRow) -> bool:
@@ -337,7 +294,7 @@ async def _advance(
     replay_s = time.perf_counter() - started
     get_metrics().replay_finished(instance.workflow, replay_s)
     instance.compute_ms += replay_s * 1000
-    _touch(instance, tx.now)
+    instance.updated_at = tx.now
     if result.outcome in ("complete", "errored"):
         if result.outcome == "complete":
             instance.status = InstanceStatusName.COMPLETE.value

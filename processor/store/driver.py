@@ -198,16 +198,6 @@ class DriverSession:
         """Insert `row` at the next flush (its autoincrement key is filled in then)."""
         self._added.append(row)
 
-    def track(self, rows: Iterable[tuple[M, dict[str, Any]]]) -> None:
-        """Rows loaded earlier (by another session), with their column values as written:
-        changes made to them are written at the next flush, as a loaded row's are."""
-        self._loaded.extend(rows)
-
-    def tracked(self, model: type[M]) -> list[tuple[M, dict[str, Any]]]:
-        """The `model` rows this session loaded, tracked or inserted, each with its column
-        values as last written."""
-        return [(row, written) for row, written in self._loaded if type(row) is model]
-
     async def rows(self, model: type[M], statement: ClauseElement, **params: Any) -> list[M]:
         """The rows of `statement` (a select of `model`'s table) as `model` objects; changes
         made to them are written at the next flush."""

@@ -127,9 +127,6 @@ class InstanceRow(SQLModel, table=True):
     compute_ms: float = 0.0
     #: Thread CPU time of its plain-function step bodies (see `AttemptOutcome.cpu_s`).
     cpu_ms: float = 0.0
-    #: Bumped with `updated_at` by every transaction that changes the instance or its steps:
-    #: a worker's kept steps are current while both are as it wrote them (engine/kept_steps.py).
-    version: int = 0
 
 
 class StepRow(SQLModel, table=True):

@@ -1,7 +1,4 @@
-"""Instances get a `version`, bumped with `updated_at` by every transaction that changes them
-or their steps (a worker's kept steps are current while it is as it wrote it).
-
-Awaited results: `warren_awaited_results` holds the instances a client's `result()` waits
+"""Awaited results: `warren_awaited_results` holds the instances a client's `result()` waits
 for; on PostgreSQL, when one of them reaches a terminal status, a trigger sends a NOTIFY on
 channel `warren_ended` (payload: the instance id) and deletes its row, so `result()` returns
 as soon as the end is committed instead of at its next poll (processor/store/notifications.py).
@@ -23,11 +20,6 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("warren_instances", schema=None) as batch_op:
-        # A server default: rows written by a worker of the previous release get it too.
-        batch_op.add_column(
-            sa.Column("version", sa.Integer(), nullable=False, server_default=sa.text("0"))
-        )
     op.create_table(
         "warren_awaited_results",
         sa.Column("instance_id", sa.String(length=100), nullable=False),
@@ -70,5 +62,3 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER warren_instance_ended ON warren_instances")
         op.execute("DROP FUNCTION warren_notify_ended()")
     op.drop_table("warren_awaited_results")
-    with op.batch_alter_table("warren_instances", schema=None) as batch_op:
-        batch_op.drop_column("version")
