@@ -23,7 +23,7 @@ from typing import Any, Literal, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from processor.durations import Duration, parse_duration
-from processor.engine.results import encode_result
+from processor.engine.results import copy_json_data, encode_result
 from processor.errors import (
     EventTimeoutError,
     NonDeterminismError,
@@ -387,7 +387,8 @@ class Replay:
         try:
             if row.status == StepStatusName.COMPLETE:
                 model = _model_return_type(fn)
-                return row.output if model is None else model.model_validate(row.output)
+                output = copy_json_data(row.output)
+                return output if model is None else model.model_validate(output)
             if row.status == StepStatusName.FAILED:
                 raise self._failed(row)
             if row.status == StepStatusName.RUNNING and row.attempt > 0:
@@ -509,22 +510,24 @@ class Replay:
                 recorded = row.output
                 return ReceivedEvent(
                     recorded["type"],
-                    recorded["payload"],
+                    copy_json_data(recorded["payload"]),
                     datetime.fromisoformat(recorded["timestamp"]),
                 )
             if row.status == StepStatusName.FAILED:
                 raise EventTimeoutError(name, event_type)
             event = await self._take_event(event_type, row.key)
             if event is not None:
-                received = ReceivedEvent(event.type, event.payload, event.received_at)
+                received = ReceivedEvent(
+                    event.type, copy_json_data(event.payload), event.received_at
+                )
                 self._wait_ended(row, "wait_for_event", "received")
                 self._finish(
                     row,
                     StepStatusName.COMPLETE,
                     output={
-                        "type": received.type,
-                        "payload": received.payload,
-                        "timestamp": received.timestamp.isoformat(),
+                        "type": event.type,
+                        "payload": event.payload,
+                        "timestamp": event.received_at.isoformat(),
                     },
                 )
                 return received

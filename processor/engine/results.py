@@ -49,3 +49,14 @@ def encode_result(step_name: str, value: Any) -> Any:
         return to_json_data(value)
     except ValueError as error:
         raise SerializationError(step_name, type(value).__name__, str(error)) from None
+
+
+def copy_json_data(value: Any) -> Any:
+    """A copy of JSON data that shares no list or dict with it: what workflow code gets of a
+    recorded value, which it may change without changing the record (the round would write
+    a change made to the row's own value, as the step's result)."""
+    if isinstance(value, dict):
+        return {key: copy_json_data(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copy_json_data(item) for item in value]
+    return value

@@ -993,3 +993,49 @@ async def test_a_workflow_without_a_params_type_gets_a_dict_and_its_identity(
     assert len(seen) >= 2
     assert all(stamp == created_at for stamp in seen)
     assert all(stamp.utcoffset() == timedelta(0) for stamp in seen)
+
+
+async def two_items() -> list[str]:
+    return ["a", "b"]
+
+
+async def echo(item: str) -> str:
+    return item
+
+
+class ChangesWhatItGets(Workflow[dict[str, Any]]):
+    """Changes a memoized result and an event's payload in place, as ordinary code may."""
+
+    name = "changes-what-it-gets"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
+        items = await step.do("items", two_items)
+        items.append("extra")
+        processed = [await step.do(f"process {i}", echo, item) for i, item in enumerate(items)]
+        received = await step.wait_for_event("order", type="order")
+        received.payload["seen"] = True
+        await step.do("after the event", echo, "x")
+        return {"processed": processed, "payload": received.payload}
+
+
+async def test_changing_a_recorded_value_in_place_changes_neither_the_record_nor_the_replay(
+    env: TestEnv,
+) -> None:
+    """Each round hands the workflow its own copy: a change made to it is made again by the
+    next replay, never recorded as the step's result (nor added to at each round)."""
+    await env.start_worker(ChangesWhatItGets)
+    instance = await env.client.create(ChangesWhatItGets)
+    await eventually_status(
+        instance,
+        lambda s: has_step(s, "order", "wait_for_event", "waiting"),
+        "the instance to wait for the order",
+    )
+    await instance.send_event("order", {"id": 7})
+    assert await instance.result(timeout=20) == {
+        "processed": ["a", "b", "extra"],
+        "payload": {"id": 7, "seen": True},
+    }
+    steps = {step.name: step for step in (await instance.status()).steps}
+    assert steps["items"].output == ["a", "b"]
+    assert steps["order"].output["payload"] == {"id": 7}
+    assert "process 3" not in steps
