@@ -434,7 +434,8 @@ class Instance:
                 row = await self._client._row(self.id)
                 is_terminal = InstanceStatusName(row.status).is_terminal
                 if is_terminal and not told:
-                    ended_instances.missed()
+                    ended_ago = self._client.runtime.clock.now() - row.updated_at
+                    await ended_instances.untold(self.id, ended_ago)
                 if row.status == InstanceStatusName.COMPLETE:
                     return row.output
                 if is_terminal:

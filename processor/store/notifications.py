@@ -14,7 +14,8 @@ then sees the end at its fallback read.
 A notification is only a hint to read the row again: one for an instance of another schema
 (the channel is the database's) costs a read. A listener that misses one (its connection
 closed, or silently gone) is replaced: the waiter's fallback read finds the instance ended
-without having been told, and the next wait opens a new listening connection.
+without having been told, long enough ago that the notification would have come, and the
+next wait opens a new listening connection.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.util import greenlet_spawn
@@ -33,9 +35,16 @@ from processor.store.database import Database
 log = logging.getLogger("warren.notifications")
 
 CHANNEL = "warren_ended"
-_MARK_AWAITED = (
-    "INSERT INTO warren_awaited_results (instance_id) VALUES ($1) ON CONFLICT DO NOTHING"
-)
+#: Only an instance that has not ended: the trigger deletes the mark when it ends.
+_MARK_AWAITED = """
+    INSERT INTO warren_awaited_results (instance_id)
+    SELECT id FROM warren_instances
+    WHERE id = $1 AND status NOT IN ('complete', 'errored', 'terminated')
+    ON CONFLICT DO NOTHING
+"""
+_FORGET_AWAITED = "DELETE FROM warren_awaited_results WHERE instance_id = $1"
+#: An end committed longer ago than this should have been told by now.
+TOLD_WITHIN = timedelta(seconds=0.5)
 #: Opening a listening connection gives up after this; the waits poll meanwhile.
 OPEN_TIMEOUT_S = 5.0
 #: After a failed open, waits poll this long before one tries again.
@@ -78,17 +87,33 @@ class EndedInstances:
         """One statement on the listening connection (an idle one, in autocommit): the
         instance's end will notify. If it fails, the connection is replaced by the next wait,
         and this one sees the end at its fallback read."""
+        if not await self._on_listener(_MARK_AWAITED, instance_id):
+            log.info("cannot mark %s awaited: its wait polls", instance_id)
+
+    async def untold(self, instance_id: str, ended_ago: timedelta) -> None:
+        """A waiter found its instance ended without being told. If the end is older than
+        TOLD_WITHIN, the notification was lost: the listener is deaf, and the next wait opens
+        another. Else the mark may have been written while the end was committing, after the
+        trigger looked for it: it is deleted, or it would stay."""
+        if ended_ago > TOLD_WITHIN:
+            self._is_deaf = True
+        await self._on_listener(_FORGET_AWAITED, instance_id)
+
+    async def _on_listener(self, sql: str, instance_id: str) -> bool:
+        """Run one statement on the listening connection; False, and the connection taken
+        for deaf, if it fails."""
         pooled = self._pooled
+        if pooled is None:
+            return False
         try:
             async with self._marking:  # one statement at a time on a connection
-                await pooled.driver_connection.execute(_MARK_AWAITED, instance_id)
+                await pooled.driver_connection.execute(sql, instance_id)
         except Exception as error:
-            log.info("cannot mark %s awaited, its wait polls: %r", instance_id, error)
-            self._is_deaf = True
-
-    def missed(self) -> None:
-        """A waiter found its instance ended without being told: the listener is deaf."""
-        self._is_deaf = True
+            log.info("the listening connection failed: %r", error)
+            if self._pooled is pooled:  # not one opened since
+                self._is_deaf = True
+            return False
+        return True
 
     async def close(self) -> None:
         async with self._lock:

@@ -6,6 +6,7 @@ fallback poll, and the next wait listens again."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from processor import Client, Instance, InstanceFailedError, Workflow, WorkflowEvent, WorkflowStep
 from processor import client as client_module
+from processor.store import notifications
 from processor.store.database import Database
 from processor.store.notifications import CHANNEL
 from tests.conftest import TestEnv, assert_eventually
@@ -118,6 +120,7 @@ async def terminate_listener(env: TestEnv) -> None:
 async def test_a_deaf_listener_is_replaced(env: TestEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     """Its connection stays open but hears nothing (a half-open socket, say): the fallback
     read finds the instance ended untold, and the next wait listens on a new connection."""
+    monkeypatch.setattr(notifications, "TOLD_WITHIN", timedelta(0))  # no notification in flight
     await env.start_worker(Gated)
     instance, task = await a_waiting_result(env, monkeypatch, 0.3)
     ended = env.client._ended
@@ -152,4 +155,20 @@ async def test_only_awaited_instances_notify(env: TestEnv) -> None:
     finally:
         await greenlet_spawn(pooled.invalidate)
         await greenlet_spawn(pooled.close)
+        await database.close()
+
+
+async def test_awaiting_an_ended_instance_leaves_no_mark(env: TestEnv) -> None:
+    await env.start_worker(Gated)
+    instance = await env.client.create(Gated)
+    GATE[instance.id] = asyncio.Event()
+    GATE[instance.id].set()
+    assert await instance.result(timeout=20) == "done"  # marked, then the end took the mark
+    assert await instance.result(timeout=20) == "done"  # ended already: not marked
+    database = Database(env.backend.database_url, schema=env.backend.schema)
+    try:
+        async with database.engine.connect() as connection:
+            query = sa.text("SELECT count(*) FROM warren_awaited_results")
+            assert (await connection.execute(query)).scalar() == 0
+    finally:
         await database.close()
