@@ -232,7 +232,7 @@ class DriverSession:
                 written.update(changed)
         # In the order of their keys: a mix of writes is then one statement whatever order the
         # rows were loaded and changed in (the CTEs write different rows, so order is free).
-        writes.sort(key=_Write.sort_key)
+        writes.sort(key=lambda write: write.key)
         mix = tuple(write.key for write in writes)
         if len(writes) > 1 and self._driver.writes_together and self._may_combine(mix):
             await self._write_together(writes, mix)
@@ -344,9 +344,6 @@ class _Write:
     @property
     def key(self) -> tuple[Any, ...]:
         return (self.is_insert, self.table.name, tuple(self.values), self.generated)
-
-    def sort_key(self) -> tuple[bool, str, tuple[str, ...]]:
-        return (self.is_insert, self.table.name, tuple(self.values))
 
     def statement(self, prefix: str) -> sa.Insert | sa.Update:
         """The statement, its bind parameters named `{prefix}set_*` and `{prefix}key_*`."""

@@ -31,15 +31,16 @@ from typing import Any
 from sqlalchemy.util import greenlet_spawn
 
 from processor.store.database import Database
+from schemas import TERMINAL_STATUSES
 
 log = logging.getLogger("warren.notifications")
 
 CHANNEL = "warren_ended"
 #: Only an instance that has not ended: the trigger deletes the mark when it ends.
-_MARK_AWAITED = """
+_ENDED = ", ".join(f"'{status.value}'" for status in sorted(TERMINAL_STATUSES))
+_MARK_AWAITED = f"""
     INSERT INTO warren_awaited_results (instance_id)
-    SELECT id FROM warren_instances
-    WHERE id = $1 AND status NOT IN ('complete', 'errored', 'terminated')
+    SELECT id FROM warren_instances WHERE id = $1 AND status NOT IN ({_ENDED})
     ON CONFLICT DO NOTHING
 """
 _FORGET_AWAITED = "DELETE FROM warren_awaited_results WHERE instance_id = $1"

@@ -82,6 +82,15 @@ def has_step(status: InstanceStatus, name: str, kind: str, step_status: str) -> 
     return any(s.name == name and s.kind == kind and s.status == step_status for s in status.steps)
 
 
+async def waiting_for_event(instance: Instance, step_name: str) -> InstanceStatus:
+    """Once the instance waits, in its event wait `step_name`."""
+    return await eventually_status(
+        instance,
+        lambda s: s.status == "waiting" and has_step(s, step_name, "wait_for_event", "waiting"),
+        f"the instance to wait in {step_name!r}",
+    )
+
+
 async def _true_if(value: object) -> bool:
     return bool(value)
 
@@ -528,11 +537,7 @@ async def test_completed_steps_run_once_across_sleeps_events_and_replays(env: Te
     await env.start_worker(Memo)
     instance = await env.client.create(Memo)
 
-    await eventually_status(
-        instance,
-        lambda s: s.status == "waiting" and has_step(s, "go", "wait_for_event", "waiting"),
-        "the instance to wait for the go event",
-    )
+    await waiting_for_event(instance, "go")
     await instance.send_event("go", {"n": 7})
 
     assert await instance.result(timeout=20) == [
@@ -782,11 +787,7 @@ async def test_an_event_sent_before_the_wait_is_buffered_for_it(env: TestEnv) ->
 async def test_an_event_sent_while_the_instance_waits_wakes_it(env: TestEnv) -> None:
     await env.start_worker(WaitsAtOnce)
     instance = await env.client.create(WaitsAtOnce)
-    status = await eventually_status(
-        instance,
-        lambda s: s.status == "waiting" and has_step(s, "go", "wait_for_event", "waiting"),
-        "the instance to wait for the go event",
-    )
+    status = await waiting_for_event(instance, "go")
     assert step_named(status, "go").event_type == "go"
 
     await instance.send_event("go", [1, 2, 3])
@@ -812,11 +813,7 @@ async def test_buffered_events_are_taken_oldest_first_per_type(env: TestEnv) -> 
 async def test_a_received_event_carries_its_type_payload_and_utc_timestamp(env: TestEnv) -> None:
     await env.start_worker(EventFields)
     instance = await env.client.create(EventFields)
-    await eventually_status(
-        instance,
-        lambda s: has_step(s, "ping", "wait_for_event", "waiting"),
-        "the instance to wait for the ping event",
-    )
+    await waiting_for_event(instance, "ping")
 
     # The engine's clock: the database's, as the client read it and carried it since, a
     # fraction of a millisecond off on a busy machine even when both are right.
@@ -1025,11 +1022,7 @@ async def test_changing_a_recorded_value_in_place_changes_neither_the_record_nor
     next replay, never recorded as the step's result (nor added to at each round)."""
     await env.start_worker(ChangesWhatItGets)
     instance = await env.client.create(ChangesWhatItGets)
-    await eventually_status(
-        instance,
-        lambda s: has_step(s, "order", "wait_for_event", "waiting"),
-        "the instance to wait for the order",
-    )
+    await waiting_for_event(instance, "order")
     await instance.send_event("order", {"id": 7})
     assert await instance.result(timeout=20) == {
         "processed": ["a", "b", "extra"],
