@@ -65,6 +65,7 @@ class IngressConsumer:
                 if message_id and not await queries.mark_processed(tx.session, message_id, tx.now):
                     return
                 if isinstance(command, CreateInstance):
+                    await commands.check_registered(tx.session, command.workflow)
                     await commands.create_instances(
                         tx, command.workflow, [(command.id, command.params)], headers
                     )

@@ -21,7 +21,8 @@ from processor.errors import (
 )
 from processor.runtime import Tx
 from processor.store import queries
-from processor.store.tables import EventRow, InstanceRow
+from processor.store.driver import DriverSession
+from processor.store.tables import EventRow, InstanceRow, new_row
 from processor.telemetry.tracing import (
     current_traceparent,
     instance_parent,
@@ -39,32 +40,34 @@ def check_instance_id(instance_id: Any) -> str:
     return instance_id
 
 
+async def check_registered(session: AsyncSession, workflow: str) -> None:
+    """Raises WorkflowNotFoundError unless a worker ever registered `workflow` (a
+    registration is never taken back, so a caller may remember a workflow it has seen)."""
+    if not await queries.is_registered(session, workflow):
+        raise WorkflowNotFoundError(workflow)
+
+
 async def create_instances(
-    tx: Tx[AsyncSession],
+    tx: Tx[AsyncSession] | Tx[DriverSession],
     workflow: str,
     items: list[tuple[str | None, dict[str, Any] | None]],
     headers: Mapping[str, object] | None = None,
-    *,
-    known_registered: bool = False,
 ) -> list[InstanceRow]:
-    """Insert queued instances and their first run messages.
+    """Insert queued instances of `workflow` (registered: `check_registered`) and their
+    first run messages.
 
     Each instance starts a trace of its own, whose root span (`create {workflow}`) is a child
     of the span in `headers` (a message another service published), or else of the current
     span; its `traceparent` is stored with the instance for every later span to join.
-    `known_registered`: the caller has seen `workflow` registered (a registration is never
-    taken back), so the check's query is left out.
 
     Raises:
-        WorkflowNotFoundError: no worker ever registered `workflow`.
         InstanceExistsError: an id is taken (nothing is created; the error names every id
             given, as the insert does not say which one was taken).
     """
-    if not known_registered and not await queries.is_registered(tx.session, workflow):
-        raise WorkflowNotFoundError(workflow)
     rows = []
     for instance_id, params in items:
-        row = InstanceRow(
+        row = new_row(
+            InstanceRow,
             id=instance_id or uuid.uuid4().hex,
             workflow=workflow,
             status=InstanceStatusName.QUEUED.value,
@@ -80,13 +83,12 @@ async def create_instances(
         ):
             row.traceparent = current_traceparent()
         tx.session.add(row)
+        tx.emit_run(row)
         rows.append(row)
     try:
-        await tx.session.flush()
+        await tx.session.flush()  # the instances and their messages, together
     except IntegrityError as error:  # an id is taken
         raise InstanceExistsError(", ".join(row.id for row in rows)) from error
-    for row in rows:
-        tx.emit_run(row)
     return rows
 
 

@@ -266,24 +266,37 @@ async def test_create_batch_creates_every_instance(env: TestEnv) -> None:
     assert results == [{"order_id": "1"}, {"order_id": "2"}, {"order_id": "3"}]
 
 
-async def test_create_batch_with_one_taken_id_creates_none_of_the_others(env: TestEnv) -> None:
+async def test_a_full_batch_creates_and_runs_every_instance(env: TestEnv) -> None:
+    """A hundred creates are written a statement per table on PostgreSQL (driver.MAX_TOGETHER),
+    each instance with its own run message."""
+    await env.start_worker(Quick)
+
+    items = [{"params": {"order_id": str(index)}} for index in range(100)]
+    instances = await env.client.create_batch(Quick, items)
+
+    assert len({instance.id for instance in instances}) == 100
+    results = await asyncio.gather(*(instance.result(timeout=60) for instance in instances))
+    assert results == [{"order_id": str(index)} for index in range(100)]
+
+
+@pytest.mark.parametrize("size", [3, 100])
+async def test_create_batch_with_one_taken_id_creates_none_of_the_others(
+    env: TestEnv, size: int
+) -> None:
     await registered_then_stopped(env, Quick)
     await env.client.create(Quick, Order(order_id="o"), id="taken")
+    items: list[dict[str, Any]] = [
+        {"id": f"new-{index}", "params": {"order_id": str(index)}} for index in range(size)
+    ]
+    items[size // 2]["id"] = "taken"
 
     with pytest.raises(InstanceExistsError) as raised:
-        await env.client.create_batch(
-            Quick,
-            [
-                {"id": "new-1", "params": {"order_id": "1"}},
-                {"id": "taken", "params": {"order_id": "2"}},
-                {"id": "new-2", "params": {"order_id": "3"}},
-            ],
-        )
+        await env.client.create_batch(Quick, items)
 
     assert raised.value.instance_id == "taken"
     assert [s.id for s in await env.client.list()] == ["taken"]
     with pytest.raises(InstanceNotFoundError):
-        await env.client.get("new-1")
+        await env.client.get("new-0")
 
 
 async def test_create_batch_of_more_than_100_raises_value_error(env: TestEnv) -> None:
