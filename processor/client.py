@@ -23,7 +23,7 @@ from processor.engine.results import to_json_data
 from processor.errors import InstanceExistsError, InstanceFailedError, InstanceNotFoundError
 from processor.runtime import Runtime
 from processor.step import ReceivedEvent
-from processor.store import queries
+from processor.store import driver, queries
 from processor.store.notifications import EndedInstances
 from processor.store.tables import InstanceRow, StepRow
 from processor.workflow import Workflow, workflow_name
@@ -372,8 +372,8 @@ class Client:
         return result
 
     async def _row(self, instance_id: str) -> InstanceRow:
-        async with self.runtime.database.read() as session:
-            row = await queries.get_instance(session, instance_id)
+        async with self.runtime.database.driver_reads() as session:
+            row = await driver.get_instance(session, instance_id)
         if row is None:
             raise InstanceNotFoundError(instance_id)
         return row

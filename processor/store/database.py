@@ -182,6 +182,11 @@ class Database:
         """A transaction on the driver itself, for the per-step path (see store/driver.py)."""
         return driver_transaction(self.engine)
 
+    def driver_reads(self) -> AbstractAsyncContextManager[DriverSession]:
+        """Reads on the driver outside any transaction: each statement on its own, the
+        cheapest read there is (a waiting `result()` reads an instance's row again and again)."""
+        return driver_transaction(self.engine, reads_only=True)
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A read-only transaction. On SQLite it takes no write lock (a deferred BEGIN), so

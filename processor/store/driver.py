@@ -445,9 +445,12 @@ def _is_disconnect(error: BaseException) -> bool:
 
 
 @asynccontextmanager
-async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[DriverSession]:
+async def driver_transaction(
+    engine: AsyncEngine, *, reads_only: bool = False
+) -> AsyncIterator[DriverSession]:
     """A `DriverSession` in one transaction on a pooled connection: committed on exit,
-    rolled back on an exception.
+    rolled back on an exception. With `reads_only`, no transaction: each statement is its
+    own, so a single read costs one round trip (PostgreSQL), not three, and nothing is written.
 
     Driver errors come out wrapped as SQLAlchemy's (DBAPIError, OperationalError for SQLite's
     busy lock), so `database.is_transient` judges them as it judges the ORM's. A connection
@@ -463,6 +466,9 @@ async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[DriverSession
         )
         session = DriverSession(driver, engine.dialect)
         try:
+            if reads_only:
+                yield session
+                return
             await driver.begin()
             yield session
             await session.flush()
@@ -492,6 +498,7 @@ def _wrapped(error: Exception) -> Exception:
 # The per-step path's queries; their ORM twins in queries.py serve everyone else. Bind
 # parameters are named `the_*`: SQLAlchemy reserves a column's own name for its SET value.
 
+_INSTANCE = select(InstanceRow).where(col(InstanceRow.id) == sa.bindparam("the_instance"))
 _WORKER_BEAT = select(WorkerRow.heartbeat_at).where(col(WorkerRow.id) == sa.bindparam("the_worker"))
 _BUFFERED_EVENTS = (
     select(EventRow)
@@ -572,6 +579,11 @@ async def last_beats(session: DriverSession, worker_ids: Iterable[str]) -> dict[
         for beat in await session.values(_WORKER_BEAT, the_worker=worker_id):
             beats[worker_id] = beat
     return beats
+
+
+async def get_instance(session: DriverSession, instance_id: str) -> InstanceRow | None:
+    rows = await session.rows(InstanceRow, _INSTANCE, the_instance=instance_id)
+    return rows[0] if rows else None
 
 
 async def buffered_events(session: DriverSession, instance_id: str) -> list[EventRow]:

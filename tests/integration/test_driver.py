@@ -5,6 +5,7 @@ usable."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -228,3 +229,25 @@ async def test_an_error_of_the_callers_own_passes_through_and_rolls_back(
         stored = await orm.get(InstanceRow, "i1")
     assert stored is not None
     assert stored.status == "running"
+
+
+async def test_driver_reads_see_committed_rows_without_waiting_for_a_writer(
+    database: Database,
+) -> None:
+    """A read outside any transaction takes no lock: it answers while a round holds the
+    instance (and, on SQLite, the write lock), with the row as last committed."""
+    await add_instance(database)
+    async with database.driver_transaction() as writer:
+        (locked,) = (await driver.lock_instances(writer, ["i1"])).values()
+        locked.status = "waiting"
+        await writer.flush()
+        async with asyncio.timeout(5), database.driver_reads() as reader:
+            row = await driver.get_instance(reader, "i1")
+            missing = await driver.get_instance(reader, "nobody")
+        assert row is not None
+        assert (row.status, row.params) == ("running", {"nested": [1, "two", None], "flag": True})
+        assert missing is None
+    async with database.driver_reads() as reader:
+        row = await driver.get_instance(reader, "i1")
+    assert row is not None
+    assert row.status == "waiting"
