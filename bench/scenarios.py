@@ -140,9 +140,9 @@ def party_groups(environment: Environment) -> dict[str, Callable[[], list[int]]]
 
 async def latency(environment: Environment, sizes: Sizes) -> dict[str, float]:
     """Scenario 2: one instance of three trivial steps at a time, from `create` until
-    `result()` returns, as a caller sees it. `result()` polls with a growing back-off (10 ms,
-    then x1.5), so the time until a 2 ms poll of the instance's row sees it complete is
-    measured in the same runs and reported beside it (`seen_`)."""
+    `result()` returns, as a caller sees it (told by PostgreSQL, polling SQLite from every
+    2 ms); the time until a 2 ms poll of the instance's row sees it complete is measured in
+    the same runs and reported beside it (`seen_`)."""
     await environment.ensure_workers(1, sizes.concurrency)
     to_result, to_seen = [], []
     for run in range(sizes.warmup_runs + sizes.latency_runs):
