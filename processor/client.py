@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
+from sqlalchemy.exc import IntegrityError
 
 from processor.durations import Duration, parse_duration
 from processor.engine import commands
@@ -186,11 +187,9 @@ class Client:
             # On the driver, as rounds are: a create costs the ORM's CPU several times over.
             async with self.runtime.step_transaction() as tx:
                 rows = await commands.create_instances(tx, name, prepared)
-        except InstanceExistsError:
-            if len(prepared) == 1:
-                raise
-            async with self.runtime.database.read() as session:  # which ones, for the error
-                taken = await queries.existing_instance_ids(session, ids)
+        except IntegrityError:  # an id is taken: which ones, for the error
+            async with self.runtime.database.read() as session:
+                taken = await queries.existing_instance_ids(session, ids) if ids else []
             if not taken:
                 raise
             raise InstanceExistsError(", ".join(taken)) from None

@@ -165,8 +165,10 @@ def is_certificate_refused(error: BaseException) -> bool:
     expired), however the client library wrapped the error: a configuration error that no
     retry can mend, unlike the network errors it arrives among."""
     seen: BaseException | None = error
-    while seen is not None:
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:  # a chain may loop back on itself
         if isinstance(seen, ssl.SSLCertVerificationError):
             return True
+        visited.add(id(seen))
         seen = seen.__cause__ or seen.__context__
     return False

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from aio_pika.abc import AbstractIncomingMessage
+from sqlalchemy.exc import IntegrityError
 
 from processor.broker.publisher import ATTEMPT_HEADER
 from processor.consumers.base import original_routing_key
 from processor.consumers.decoding import BadMessageError, decode
 from processor.engine import commands
 from processor.errors import (
-    InstanceExistsError,
     InstanceNotFoundError,
     InstanceStateError,
     WorkflowNotFoundError,
@@ -75,8 +75,10 @@ class IngressConsumer:
                     )
                 elif isinstance(command, ControlInstance):
                     await commands.control(tx, command.instance_id, command.action, headers)
-        except InstanceExistsError:
-            return  # a create for an id that exists creates nothing
+        except IntegrityError:
+            if isinstance(command, CreateInstance):
+                return  # a create for an id that exists creates nothing
+            raise
         except WorkflowNotFoundError as error:
             raise BadMessageError(str(error), "unknown_workflow") from None
         except InstanceStateError as error:

@@ -10,11 +10,9 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from opentelemetry.trace import Span
-from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from processor.errors import (
-    InstanceExistsError,
     InstanceNotFoundError,
     InstanceStateError,
     WorkflowNotFoundError,
@@ -60,9 +58,9 @@ async def create_instances(
     of the span in `headers` (a message another service published), or else of the current
     span; its `traceparent` is stored with the instance for every later span to join.
 
-    Raises:
-        InstanceExistsError: an id is taken (nothing is created; the error names every id
-            given, as the insert does not say which one was taken).
+    The rows are written with the transaction's other writes (at its commit, at the latest):
+    an id that is taken fails the transaction there with IntegrityError, and the caller, who
+    knows which ids it gave, says which (`InstanceExistsError`).
     """
     rows = []
     for instance_id, params in items:
@@ -85,10 +83,6 @@ async def create_instances(
         tx.session.add(row)
         tx.emit_run(row)
         rows.append(row)
-    try:
-        await tx.session.flush()  # the instances and their messages, together
-    except IntegrityError as error:  # an id is taken
-        raise InstanceExistsError(", ".join(row.id for row in rows)) from error
     return rows
 
 

@@ -4,7 +4,8 @@ Every step costs one transaction: the round that records the report of the step 
 replays the instance and claims the step. Through the ORM it costs the worker several times
 the CPU of the same statements on the driver (`python -m bench.sql_path`), and on a small
 machine that CPU is the engine's throughput. So rounds run here, on a connection borrowed from
-SQLAlchemy's pool, and everything else (commands, sweeps, the client) keeps the ORM.
+SQLAlchemy's pool, and so do the client's creates and its reads of one instance (what a caller
+waits on); everything else (commands, sweeps, listings) keeps the ORM.
 
 What stays the same: the statements are SQLAlchemy Core, compiled once per dialect, and every
 value goes through its column's own SQLAlchemy type processors, so rows written here read back
@@ -112,6 +113,9 @@ class _Postgres:
     async def commit(self) -> None:
         await self._transaction.commit()
 
+    async def rollback(self) -> None:
+        await self._transaction.rollback()
+
     async def fetch(self, sql: str, arguments: list[Any]) -> list[Sequence[Any]]:
         rows: list[Sequence[Any]] = await self.connection.fetch(sql, *arguments)
         return rows
@@ -158,6 +162,10 @@ class _Sqlite:
         self._pending.append(("COMMIT", ()))
         await self._hop(None)
 
+    async def rollback(self) -> None:
+        self._pending.clear()
+        await self.connection._execute(_roll_back_on_thread, self.connection._conn)
+
     async def fetch(self, sql: str, arguments: list[Any]) -> list[Sequence[Any]]:
         rows: list[Sequence[Any]] = await self._hop((sql, arguments))
         return rows
@@ -170,6 +178,11 @@ class _Sqlite:
         connection's thread (aiosqlite's `_execute`)."""
         pending, self._pending = self._pending, []
         return await self.connection._execute(_run_on_thread, self.connection._conn, pending, last)
+
+
+def _roll_back_on_thread(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
 
 
 def _run_on_thread(
@@ -474,12 +487,24 @@ async def driver_transaction(
             await session.flush()
             await driver.commit()
         except BaseException as error:
-            await greenlet_spawn(pooled.invalidate)
-            if isinstance(error, Exception) and not isinstance(error, sa.exc.SQLAlchemyError):
-                raise _wrapped(error) from error
-            raise
+            wrapped = _wrapped(error) if isinstance(error, Exception) else error
+            if not (isinstance(wrapped, sa.exc.IntegrityError) and await _rolled_back(driver)):
+                await greenlet_spawn(pooled.invalidate)
+            if wrapped is error:
+                raise
+            raise wrapped from error
     finally:
         await greenlet_spawn(pooled.close)  # back to the pool (or discarded, if invalidated)
+
+
+async def _rolled_back(driver: _Postgres | _Sqlite) -> bool:
+    """Roll back a transaction the database refused a write in (a taken id: the client's
+    create-or-get): its connection is sound and goes back to the pool. False if that fails."""
+    try:
+        await driver.rollback()
+    except Exception:
+        return False
+    return True
 
 
 def _wrapped(error: Exception) -> Exception:

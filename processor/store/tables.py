@@ -58,7 +58,9 @@ def new_row(model: type[M], **values: Any) -> M:
 
 @functools.cache
 def _blank(model: type[SQLModel]) -> Any:
-    """The ORM's constructor of an instance with its state and nothing else."""
+    """The ORM's constructor of an instance with its state and nothing else. The mappers are
+    configured first: setting an attribute of a row needs them, as `__init__` would ensure."""
+    sa.orm.configure_mappers()
     return sa.inspect(model).class_manager.new_instance
 
 

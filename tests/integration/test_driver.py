@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import DBAPIError
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from processor.store import driver
 from processor.store.database import Database, is_transient
@@ -100,7 +101,7 @@ async def test_changes_and_new_rows_on_the_driver_read_back_the_same_through_the
 
 
 @pytest.mark.parametrize("limit", ["none", "mixes", "writes"])
-async def test_a_flush_with_several_writes_is_one_statement_on_postgresql(
+async def test_a_flush_is_one_statement_on_postgresql_or_one_per_kind_of_write(
     database: Database, backend: Backend, monkeypatch: pytest.MonkeyPatch, limit: str
 ) -> None:
     """Past MAX_COMBINED mixes of writes, or MAX_TOGETHER writes, a flush on PostgreSQL goes
@@ -201,9 +202,13 @@ async def test_a_failed_transaction_writes_nothing_and_the_pool_still_works(
     database: Database,
 ) -> None:
     await add_instance(database)
-    with pytest.raises(DBAPIError) as raised:
+    invalidated: list[object] = []
+    sa.event.listen(database.engine.sync_engine, "invalidate", lambda *_: invalidated.append(1))
+    with pytest.raises(IntegrityError) as raised:
         await complete_and_add_a_duplicate_step(database)
     assert not is_transient(raised.value)  # retrying cannot help
+    # A refused write leaves a sound connection: rolled back and pooled, not reconnected.
+    assert invalidated == []
     async with database.driver_transaction() as session:
         instance = (await driver.lock_instances(session, ["i1"])).get("i1")
     assert instance is not None
@@ -223,8 +228,9 @@ async def test_an_error_of_the_callers_own_passes_through_and_rolls_back(
     database: Database,
 ) -> None:
     await add_instance(database)
-    with pytest.raises(LookupError):
+    with pytest.raises(LookupError) as raised:
         await error_after_a_flush(database)
+    assert raised.value.__cause__ is None  # as raised, not wrapped in itself
     async with database.read() as orm:
         stored = await orm.get(InstanceRow, "i1")
     assert stored is not None

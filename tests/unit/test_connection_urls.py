@@ -18,7 +18,7 @@ from asyncpg import connect_utils
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from processor.config import redact_url
-from processor.errors import DatabaseNotMigratedError
+from processor.errors import DatabaseNotMigratedError, is_certificate_refused
 from tests.conftest import require_tool
 
 
@@ -115,3 +115,13 @@ def test_the_unmigrated_database_error_does_not_show_the_password() -> None:
 
     assert "hunter2" not in str(error)
     assert "postgresql+asyncpg://warren:***@db/warren" in str(error)
+
+
+def test_a_refused_certificate_is_found_down_an_error_chain_even_one_that_loops() -> None:
+    refused = ssl.SSLCertVerificationError("certificate verify failed")
+    outer = OSError("connect failed")
+    outer.__cause__ = refused
+    assert is_certificate_refused(outer)
+    looped = KeyError("raised from itself")
+    looped.__cause__ = looped
+    assert not is_certificate_refused(looped)
