@@ -120,13 +120,6 @@ class _Postgres:
         rows: list[Sequence[Any]] = await self.connection.fetch(sql, *arguments)
         return rows
 
-    async def execute(self, sql: str, arguments: list[Any]) -> int:
-        status: str = await self.connection.execute(sql, *arguments)
-        return int(status.rsplit(" ", 1)[-1])  # e.g. "UPDATE 1"
-
-    async def write(self, sql: str, arguments: list[Any]) -> None:
-        await self.execute(sql, arguments)
-
     async def fetch_many(self, sql: str, arguments: list[list[Any]]) -> list[Sequence[Any]]:
         """`sql` run once for each list of arguments, in one round trip: the rows of all."""
         rows: list[Sequence[Any]] = await self.connection.fetchmany(sql, arguments)
@@ -160,24 +153,30 @@ class _Sqlite:
             self._pending.clear()  # nothing was read or written
             return
         self._pending.append(("COMMIT", ()))
-        await self._hop(None)
+        await self._hop([])
 
     async def rollback(self) -> None:
         self._pending.clear()
         await self.connection._execute(_roll_back_on_thread, self.connection._conn)
 
     async def fetch(self, sql: str, arguments: list[Any]) -> list[Sequence[Any]]:
-        rows: list[Sequence[Any]] = await self._hop((sql, arguments))
-        return rows
+        return await self._hop([(sql, arguments)])
 
-    async def write(self, sql: str, arguments: list[Any]) -> None:
-        self._pending.append((sql, arguments))
+    async def fetch_many(self, sql: str, arguments: list[list[Any]]) -> list[Sequence[Any]]:
+        """`sql` run once for each list of arguments, in one hop: the rows of all."""
+        return await self._hop([(sql, each) for each in arguments])
 
-    async def _hop(self, last: tuple[str, Sequence[Any]] | None) -> Any:
-        """Run the pending statements, then `last` (a query: its rows), in one call on the
-        connection's thread (aiosqlite's `_execute`)."""
+    async def write_many(self, sql: str, arguments: list[list[Any]]) -> None:
+        self._pending += [(sql, each) for each in arguments]
+
+    async def _hop(self, queries: list[tuple[str, Sequence[Any]]]) -> list[Sequence[Any]]:
+        """Run the pending statements, then `queries` (their rows, in order), in one call on
+        the connection's thread (aiosqlite's `_execute`)."""
         pending, self._pending = self._pending, []
-        return await self.connection._execute(_run_on_thread, self.connection._conn, pending, last)
+        rows: list[Sequence[Any]] = await self.connection._execute(
+            _run_on_thread, self.connection._conn, pending, queries
+        )
+        return rows
 
 
 def _roll_back_on_thread(connection: sqlite3.Connection) -> None:
@@ -188,14 +187,14 @@ def _roll_back_on_thread(connection: sqlite3.Connection) -> None:
 def _run_on_thread(
     connection: sqlite3.Connection,
     pending: list[tuple[str, Sequence[Any]]],
-    last: tuple[str, Sequence[Any]] | None,
-) -> Any:
+    queries: list[tuple[str, Sequence[Any]]],
+) -> list[Sequence[Any]]:
     for sql, arguments in pending:
         connection.execute(sql, arguments)
-    if last is None:
-        return None
-    sql, arguments = last
-    return connection.execute(sql, arguments).fetchall()
+    rows: list[Sequence[Any]] = []
+    for sql, arguments in queries:
+        rows += connection.execute(sql, arguments).fetchall()
+    return rows
 
 
 class DriverSession:
@@ -253,10 +252,8 @@ class DriverSession:
         # rows were loaded and changed in (the CTEs write different rows, so order is free).
         writes.sort(key=lambda write: write.key)
         mix = tuple(write.key for write in writes)
-        if not isinstance(self._driver, _Postgres) or len(writes) <= 1:
-            for write in writes:
-                await self._write_one(write)
-        elif len(writes) <= MAX_TOGETHER and self._may_combine(mix):
+        combine = isinstance(self._driver, _Postgres) and 1 < len(writes) <= MAX_TOGETHER
+        if combine and self._may_combine(mix):
             await self._write_together(writes, mix)
         else:
             await self._write_grouped(writes)
@@ -270,16 +267,6 @@ class DriverSession:
         compiled = self._compile(statement, statement)
         raw = await self._query(compiled, compiled.arguments(params))
         return [compiled.row(values) for values in raw]
-
-    async def _write_one(self, write: _Write) -> None:
-        # Built only if not compiled yet: building a statement costs more than running it.
-        compiled = self._compiled.get(write.key) or self._compile(write.key, write.statement(""))
-        arguments = compiled.arguments(write.params(""))
-        if write.generated:
-            (returned,) = await self._query(compiled, arguments)
-            write.set_generated(compiled.row(returned))
-        else:
-            await self._write(compiled, arguments)
 
     def _may_combine(self, mix: tuple[Any, ...]) -> bool:
         """Whether these writes go as one statement: each mix of writes is its own statement
@@ -305,15 +292,14 @@ class DriverSession:
                 write.set_generated({name: values[f"w{i}_{name}"] for name in write.generated})
 
     async def _write_grouped(self, writes: list[_Write]) -> None:
-        """PostgreSQL: the writes of each key (sorted, so adjacent) in one round trip, each
-        key's statement run once per write (a batch of creates inserts a hundred rows)."""
-        assert isinstance(self._driver, _Postgres)
-        for _, grouped in itertools.groupby(writes, key=lambda write: write.key):
+        """The writes of each key (sorted, so adjacent) together, each key's statement run
+        once per write: a round trip per key on PostgreSQL; on SQLite, a hop per key of
+        INSERTs that return a generated key, and the others wait for the next hop (`_Sqlite`)."""
+        for key, grouped in itertools.groupby(writes, key=lambda write: write.key):
             group = list(grouped)
             first = group[0]
-            compiled = self._compiled.get(first.key) or self._compile(
-                first.key, first.statement("")
-            )
+            # Built only if not compiled yet: building a statement costs more than running it.
+            compiled = self._compiled.get(key) or self._compile(key, first.statement(""))
             arguments = [compiled.arguments(write.params("")) for write in group]
             if first.generated:
                 returned = await self._traced_call(
@@ -329,11 +315,6 @@ class DriverSession:
             compiled, self._driver.fetch(compiled.sql, arguments)
         )
         return rows
-
-    async def _write(self, compiled: _Compiled, arguments: list[Any]) -> None:
-        """A flush's INSERT or UPDATE: SQLite runs it with the next statement (see _Sqlite),
-        so its span there only covers queueing it."""
-        await self._traced_call(compiled, self._driver.write(compiled.sql, arguments))
 
     async def _traced_call(self, compiled: _Compiled, call: Awaitable[Any]) -> Any:
         """The call's result; a driver error comes out as SQLAlchemy's (`_wrapped`), so that a
