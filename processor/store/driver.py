@@ -56,9 +56,6 @@ class _Compiled:
 
     @classmethod
     def of(cls, statement: ClauseElement, dialect: sa.Dialect) -> _Compiled:
-        # Rows are loaded only by compiled statements: mappers configured here are configured
-        # before the first row is built (DriverSession.rows).
-        sa.orm.configure_mappers()
         compiled = statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
         names = tuple(compiled.positiontup or ())
@@ -167,6 +164,7 @@ class _Sqlite:
         return await self._hop([(sql, each) for each in arguments])
 
     async def write_many(self, sql: str, arguments: list[list[Any]]) -> None:
+        """Queued for the next hop: a span around this call only covers the queueing."""
         self._pending += [(sql, each) for each in arguments]
 
     async def _hop(self, queries: list[tuple[str, Sequence[Any]]]) -> list[Sequence[Any]]:
@@ -232,7 +230,7 @@ class DriverSession:
     async def flush(self) -> None:
         """Write the added rows and the changed columns of the loaded ones: on PostgreSQL in
         one statement (each write a data-modifying CTE), or past MAX_TOGETHER writes in one
-        round trip per kind of write; elsewhere one statement each."""
+        round trip per kind of write; on SQLite with the next hop (`_write_grouped`)."""
         added, self._added = self._added, []
         inserts = [_Write.insert(row) for row in added]
         writes = list(inserts)
@@ -448,7 +446,8 @@ async def driver_transaction(
 
     Driver errors come out wrapped as SQLAlchemy's (DBAPIError, OperationalError for SQLite's
     busy lock), so `database.is_transient` judges them as it judges the ORM's. A connection
-    whose transaction failed is discarded rather than pooled: it may be broken or mid-query.
+    whose transaction failed is discarded rather than pooled: it may be broken or mid-query;
+    but one whose write the database refused (IntegrityError) is rolled back and kept.
     """
     # A pooled DBAPI connection, not an AsyncConnection: the latter costs more CPU to check
     # out than some of the transactions it would carry.
@@ -469,8 +468,12 @@ async def driver_transaction(
             await driver.commit()
         except BaseException as error:
             wrapped = _wrapped(error) if isinstance(error, Exception) else error
-            if not (isinstance(wrapped, sa.exc.IntegrityError) and await _rolled_back(driver)):
-                await greenlet_spawn(pooled.invalidate)
+            kept = False
+            try:
+                kept = isinstance(wrapped, sa.exc.IntegrityError) and await _rolled_back(driver)
+            finally:  # a rollback cancelled midway leaves the transaction open: discard it
+                if not kept:
+                    await greenlet_spawn(pooled.invalidate)
             if wrapped is error:
                 raise
             raise wrapped from error

@@ -208,6 +208,37 @@ async def test_a_failed_transaction_writes_nothing_and_the_pool_still_works(
     assert instance.status == "running"
 
 
+async def test_a_rollback_cancelled_midway_discards_the_connection(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused write is rolled back and its connection kept, unless the rollback is
+    cancelled (the caller timed out, the worker is stopping): the transaction may still be
+    open, with its locks, so the connection is discarded, and the next user gets a clean one."""
+    database = Database(backend.database_url, schema=backend.schema, pool_size=1)
+    try:
+        await add_instance(database)
+        driver_type = driver._Postgres if backend.name == "postgres" else driver._Sqlite
+        rollback = driver_type.rollback
+
+        async def cancelled_midway(self: Any) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await rollback(self)
+
+        monkeypatch.setattr(driver_type, "rollback", cancelled_midway)
+        attempt = asyncio.create_task(complete_and_add_a_duplicate_step(database))
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+        monkeypatch.undo()
+        async with database.driver_transaction() as session:
+            instance = (await driver.lock_instances(session, ["i1"])).get("i1")
+        assert instance is not None
+        assert instance.status == "running"
+    finally:
+        await database.close()
+
+
 async def error_after_a_flush(database: Database) -> None:
     async with database.driver_transaction() as session:
         instance = (await driver.lock_instances(session, ["i1"])).get("i1")
@@ -239,7 +270,7 @@ async def test_driver_reads_see_committed_rows_without_waiting_for_a_writer(
     async with database.driver_transaction() as writer:
         (locked,) = (await driver.lock_instances(writer, ["i1"])).values()
         locked.status = "waiting"
-        await writer.flush()
+        await driver.load_steps_of(writer, ["i1"])  # a query: SQLite's UPDATE runs before it
         async with asyncio.timeout(5), database.driver_reads() as reader:
             row = await driver.get_instance(reader, "i1")
             missing = await driver.get_instance(reader, "nobody")
