@@ -229,8 +229,10 @@ class DriverSession:
 
     async def flush(self) -> None:
         """Write the added rows and the changed columns of the loaded ones: on PostgreSQL in
-        one statement (each write a data-modifying CTE), or past MAX_TOGETHER writes in one
-        round trip per kind of write; on SQLite with the next hop (`_write_grouped`)."""
+        one statement (each write a data-modifying CTE), or past MAX_TOGETHER writes or
+        MAX_COMBINED mixes one round trip per kind of write; on SQLite the INSERTs that return
+        a generated key one hop per kind, at once, and the others with the next hop
+        (`_write_grouped`)."""
         added, self._added = self._added, []
         inserts = [_Write.insert(row) for row in added]
         writes = list(inserts)
