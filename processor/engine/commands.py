@@ -1,5 +1,6 @@
 """Create, send events to and control instances: the same code for the Python client and for
-messages other services publish on `warren.ingress`. Each runs inside a `Runtime.transaction`."""
+messages other services publish on `warren.ingress`. Each runs inside a `Runtime.transaction`
+(the client's creates inside a `Runtime.step_transaction`, on the driver)."""
 
 from __future__ import annotations
 
