@@ -188,8 +188,7 @@ class Client:
             async with self.runtime.step_transaction() as tx:
                 rows = await commands.create_instances(tx, name, prepared)
         except IntegrityError:  # an id is taken: which ones, for the error
-            async with self.runtime.database.read() as session:
-                taken = await queries.existing_instance_ids(session, ids) if ids else []
+            taken = await commands.taken_ids(self.runtime.database, ids)
             if not taken:
                 raise
             raise InstanceExistsError(", ".join(taken)) from None

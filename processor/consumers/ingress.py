@@ -53,12 +53,6 @@ class IngressConsumer:
                 message, key, delay, **{ATTEMPT_HEADER: attempt + 1}
             )
 
-    async def _exists(self, instance_id: str | None) -> bool:
-        if instance_id is None:  # the create drew an id of its own
-            return False
-        async with self.runtime.database.read() as session:
-            return bool(await queries.existing_instance_ids(session, [instance_id]))
-
     async def _apply(self, command: WireModel, message: AbstractIncomingMessage) -> None:
         message_id = message.message_id
         # The sender's trace context: a create's root span becomes a child of the sender's
@@ -82,7 +76,8 @@ class IngressConsumer:
                 elif isinstance(command, ControlInstance):
                     await commands.control(tx, command.instance_id, command.action, headers)
         except IntegrityError:
-            if isinstance(command, CreateInstance) and await self._exists(command.id):
+            ids = [command.id] if isinstance(command, CreateInstance) and command.id else []
+            if await commands.taken_ids(self.runtime.database, ids):
                 return  # a create for an id that exists creates nothing
             raise
         except WorkflowNotFoundError as error:

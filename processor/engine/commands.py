@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -20,6 +20,7 @@ from processor.errors import (
 )
 from processor.runtime import Tx
 from processor.store import queries
+from processor.store.database import Database
 from processor.store.driver import DriverSession
 from processor.store.tables import EventRow, InstanceRow, new_row
 from processor.telemetry.tracing import (
@@ -44,6 +45,15 @@ async def check_registered(session: AsyncSession, workflow: str) -> None:
     registration is never taken back, so a caller may remember a workflow it has seen)."""
     if not await queries.is_registered(session, workflow):
         raise WorkflowNotFoundError(workflow)
+
+
+async def taken_ids(database: Database, instance_ids: Sequence[str]) -> list[str]:
+    """Those of `instance_ids` that some instance has, sorted: which of the ids a create gave
+    made its transaction fail with IntegrityError (none: it failed for another reason)."""
+    if not instance_ids:
+        return []
+    async with database.read() as session:
+        return await queries.existing_instance_ids(session, instance_ids)
 
 
 async def create_instances(

@@ -249,11 +249,11 @@ class DriverSession:
                 writes.append(_Write.update(row, changed))
                 written.update(changed)
         # In the order of their keys: a mix of writes is then one statement whatever order the
-        # rows were loaded and changed in (the CTEs write different rows, so order is free).
+        # rows were loaded and changed in (the CTEs write different rows, so order is free),
+        # and each kind's writes are adjacent for `_write_grouped`.
         writes.sort(key=lambda write: write.key)
-        mix = tuple(write.key for write in writes)
         combine = isinstance(self._driver, _Postgres) and 1 < len(writes) <= MAX_TOGETHER
-        if combine and self._may_combine(mix):
+        if combine and self._may_combine(mix := tuple(write.key for write in writes)):
             await self._write_together(writes, mix)
         else:
             await self._write_grouped(writes)
