@@ -41,8 +41,8 @@ from schemas import (
 
 MAX_BATCH = 100
 MAX_LIST = 1000
-#: How often `result()` reads the row when told of ended instances (see notifications.py),
-#: in case a notification was lost with its connection.
+#: How often `result()` reads the row when told of ended instances or of commits (see
+#: notifications.py), in case a notification was lost with its connection.
 RESULT_FALLBACK_POLL_S = 1.0
 #: Longest idempotency key `send_event_once` takes.
 MAX_IDEMPOTENCY_KEY = 200
@@ -422,13 +422,13 @@ class Instance:
             else (time.monotonic() + parse_duration(timeout, what="timeout").total_seconds())
         )
         ended_instances = self._client._ended
-        async with ended_instances.watch(self.id) as ended:
-            # Notified (PostgreSQL): the row is read again each time the instance may have
-            # ended, and every RESULT_FALLBACK_POLL_S in case a notification was lost. Else
-            # (SQLite, a local file: a read is cheap) polls start at 2 ms and grow by a tenth
-            # up to 0.5 s: a result is seen at most about a tenth after it is written, and a
-            # long wait costs two reads a second.
-            delay = RESULT_FALLBACK_POLL_S if ended is not None else 0.002
+        async with ended_instances.watch(self.id) as hint:
+            # Told of this instance (PostgreSQL's NOTIFY): the row is read again each time it
+            # may have ended, and every RESULT_FALLBACK_POLL_S in case a notification was lost.
+            # Else reads are spaced by a gap that starts at 1 ms and grows by a tenth up to
+            # 0.5 s, so that a long wait costs two reads a second; told of any commit (SQLite:
+            # a local file), a read also waits for one, or for RESULT_FALLBACK_POLL_S.
+            gap = 0.001
             told = True  # the first read needs no notification
             while True:
                 row = await self._client._row(self.id)
@@ -441,21 +441,26 @@ class Instance:
                 if is_terminal:
                     error = ErrorInfo.model_validate(row.error) if row.error else None
                     raise InstanceFailedError(self.id, row.status, error)
-                wait = delay
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError(f"instance {self.id!r} is still {row.status}")
-                    wait = min(wait, left)
-                if ended is None:
-                    await asyncio.sleep(wait)
-                    delay = min(delay * 1.1, 0.5)
-                    continue
+                if hint is None or not hint.exact:
+                    await asyncio.sleep(self._before(deadline, gap, row.status))
+                    gap = min(gap * 1.1, 0.5)
+                    if hint is None:
+                        continue
+                wait = self._before(deadline, RESULT_FALLBACK_POLL_S, row.status)
                 with suppress(TimeoutError):
                     async with asyncio.timeout(wait):
-                        await ended.wait()
-                told = ended.is_set()
-                ended.clear()
+                        await hint.event.wait()
+                told = hint.event.is_set() or not hint.exact
+                hint.event.clear()
+
+    def _before(self, deadline: float | None, wait: float, status: str) -> float:
+        """`wait`, or less if the deadline comes first; TimeoutError if it has passed."""
+        if deadline is None:
+            return wait
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"instance {self.id!r} is still {status}")
+        return min(wait, left)
 
 
 def _status(row: InstanceRow, steps: Sequence[StepRow], now: datetime) -> InstanceStatus:

@@ -102,28 +102,49 @@ class _Postgres:
     def __init__(self, connection: Any) -> None:
         self.connection = connection
         self._transaction: Any = None
+        self._begin_pending = False
 
     async def begin(self) -> None:
-        self._transaction = self.connection.transaction()
-        await self._transaction.start()
+        """Sent with the transaction's first statement; if that is also its last (a flush of
+        writes in one statement, and nothing before it: a create), that statement runs alone,
+        as a transaction of its own: one round trip instead of three."""
+        self._begin_pending = True
 
     async def commit(self) -> None:
-        await self._transaction.commit()
+        if self._transaction is not None:
+            await self._transaction.commit()
 
     async def rollback(self) -> None:
-        await self._transaction.rollback()
+        if self._transaction is not None:
+            await self._transaction.rollback()
 
-    async def fetch(self, sql: str, arguments: list[Any]) -> list[Sequence[Any]]:
+    async def fetch(
+        self, sql: str, arguments: list[Any], *, last: bool = False
+    ) -> list[Sequence[Any]]:
+        await self._begin_unless(last)
         rows: list[Sequence[Any]] = await self.connection.fetch(sql, *arguments)
         return rows
 
-    async def fetch_many(self, sql: str, arguments: list[list[Any]]) -> list[Sequence[Any]]:
+    async def fetch_many(
+        self, sql: str, arguments: list[list[Any]], *, last: bool = False
+    ) -> list[Sequence[Any]]:
         """`sql` run once for each list of arguments, in one round trip: the rows of all."""
+        await self._begin_unless(last)
         rows: list[Sequence[Any]] = await self.connection.fetchmany(sql, arguments)
         return rows
 
-    async def write_many(self, sql: str, arguments: list[list[Any]]) -> None:
+    async def write_many(self, sql: str, arguments: list[list[Any]], *, last: bool = False) -> None:
+        await self._begin_unless(last)
         await self.connection.executemany(sql, arguments)
+
+    async def _begin_unless(self, last: bool) -> None:
+        """Start the pending transaction before its first statement, unless that statement is
+        its last: PostgreSQL runs a statement outside a transaction as one of its own."""
+        if self._begin_pending:
+            self._begin_pending = False
+            if not last:
+                self._transaction = self.connection.transaction()
+                await self._transaction.start()
 
 
 class _Sqlite:
@@ -156,14 +177,18 @@ class _Sqlite:
         self._pending.clear()
         await self.connection._execute(_roll_back_on_thread, self.connection._conn)
 
-    async def fetch(self, sql: str, arguments: list[Any]) -> list[Sequence[Any]]:
+    async def fetch(
+        self, sql: str, arguments: list[Any], *, last: bool = False
+    ) -> list[Sequence[Any]]:
         return await self._hop([(sql, arguments)])
 
-    async def fetch_many(self, sql: str, arguments: list[list[Any]]) -> list[Sequence[Any]]:
+    async def fetch_many(
+        self, sql: str, arguments: list[list[Any]], *, last: bool = False
+    ) -> list[Sequence[Any]]:
         """`sql` run once for each list of arguments, in one hop: the rows of all."""
         return await self._hop([(sql, each) for each in arguments])
 
-    async def write_many(self, sql: str, arguments: list[list[Any]]) -> None:
+    async def write_many(self, sql: str, arguments: list[list[Any]], *, last: bool = False) -> None:
         """Queued for the next hop: a span around this call only covers the queueing."""
         self._pending += [(sql, each) for each in arguments]
 
@@ -227,12 +252,12 @@ class DriverSession:
         """The first column of each row of `statement`: plain values, not tracked."""
         return [next(iter(values.values())) for values in await self._fetch(statement, params)]
 
-    async def flush(self) -> None:
+    async def flush(self, *, closing: bool = False) -> None:
         """Write the added rows and the changed columns of the loaded ones: on PostgreSQL in
         one statement (each write a data-modifying CTE), or past MAX_TOGETHER writes or
         MAX_COMBINED mixes one round trip per kind of write; on SQLite the INSERTs that return
         a generated key one hop per kind, at once, and the others with the next hop
-        (`_write_grouped`)."""
+        (`_write_grouped`). `closing`: the transaction's last statements (`_Postgres.begin`)."""
         added, self._added = self._added, []
         inserts = [_Write.insert(row) for row in added]
         writes = list(inserts)
@@ -254,9 +279,9 @@ class DriverSession:
         writes.sort(key=lambda write: write.key)
         combine = isinstance(self._driver, _Postgres) and 1 < len(writes) <= MAX_TOGETHER
         if combine and self._may_combine(mix := tuple(write.key for write in writes)):
-            await self._write_together(writes, mix)
+            await self._write_together(writes, mix, last=closing)
         else:
-            await self._write_grouped(writes)
+            await self._write_grouped(writes, closing=closing)
         for write in inserts:
             self._loaded.append((write.row, {**write.values, **write.generated_values()}))
 
@@ -274,7 +299,9 @@ class DriverSession:
         round trip per kind of write (`_write_grouped`)."""
         return mix in self._combined or len(self._combined) < MAX_COMBINED
 
-    async def _write_together(self, writes: list[_Write], mix: tuple[Any, ...]) -> None:
+    async def _write_together(
+        self, writes: list[_Write], mix: tuple[Any, ...], *, last: bool
+    ) -> None:
         """One round trip for a flush's writes on PostgreSQL, where each statement of a
         transaction is one: `WITH w0 AS (UPDATE ...), w1 AS (INSERT ... RETURNING id) SELECT
         (SELECT id FROM w1)`. A flush never writes one row twice, so the CTEs, which all see
@@ -285,30 +312,36 @@ class DriverSession:
         params: dict[str, Any] = {}
         for i, write in enumerate(writes):
             params.update(write.params(f"w{i}_"))
-        (returned,) = await self._query(compiled, compiled.arguments(params))
+        (returned,) = await self._traced_call(
+            compiled, self._driver.fetch(compiled.sql, compiled.arguments(params), last=last)
+        )
         values = compiled.row(returned)
         for i, write in enumerate(writes):
             if write.generated:
                 write.set_generated({name: values[f"w{i}_{name}"] for name in write.generated})
 
-    async def _write_grouped(self, writes: list[_Write]) -> None:
+    async def _write_grouped(self, writes: list[_Write], *, closing: bool) -> None:
         """The writes of each key (sorted, so adjacent) together, each key's statement run
         once per write: a round trip per key on PostgreSQL; on SQLite, a hop per key of
         INSERTs that return a generated key, and the others wait for the next hop (`_Sqlite`)."""
-        for key, grouped in itertools.groupby(writes, key=lambda write: write.key):
-            group = list(grouped)
+        groups = [list(group) for _, group in itertools.groupby(writes, lambda w: w.key)]
+        last = closing and len(groups) == 1
+        for group in groups:
             first = group[0]
+            key = first.key
             # Built only if not compiled yet: building a statement costs more than running it.
             compiled = self._compiled.get(key) or self._compile(key, first.statement(""))
             arguments = [compiled.arguments(write.params("")) for write in group]
             if first.generated:
                 returned = await self._traced_call(
-                    compiled, self._driver.fetch_many(compiled.sql, arguments)
+                    compiled, self._driver.fetch_many(compiled.sql, arguments, last=last)
                 )
                 for write, values in zip(group, returned, strict=True):
                     write.set_generated(compiled.row(values))
             else:
-                await self._traced_call(compiled, self._driver.write_many(compiled.sql, arguments))
+                await self._traced_call(
+                    compiled, self._driver.write_many(compiled.sql, arguments, last=last)
+                )
 
     async def _query(self, compiled: _Compiled, arguments: list[Any]) -> list[Sequence[Any]]:
         rows: list[Sequence[Any]] = await self._traced_call(
@@ -466,7 +499,7 @@ async def driver_transaction(
                 return
             await driver.begin()
             yield session
-            await session.flush()
+            await session.flush(closing=True)
             await driver.commit()
         except BaseException as error:
             wrapped = _wrapped(error) if isinstance(error, Exception) else error

@@ -2,7 +2,8 @@
 (`warren_awaited_results`), and a trigger (migration 0004) sends a NOTIFY on `warren_ended`
 with the id when an awaited instance reaches a terminal status; each client listens on one
 connection of its pool from its first `result()` until it closes. SQLite has no NOTIFY: there
-`result()` polls.
+a connection of the client's own reads whether anything committed (`Commits`), and waits read
+their rows again when something did.
 
 Only awaited instances notify: a transaction that notifies takes a lock that serialises the
 commits of all notifying transactions on the server, so instances nobody waits for (most, in
@@ -22,12 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.util import greenlet_spawn
 
 from processor.store.database import Database
@@ -50,6 +55,20 @@ TOLD_WITHIN = timedelta(seconds=0.5)
 OPEN_TIMEOUT_S = 5.0
 #: After a failed open, waits poll this long before one tries again.
 REOPEN_AFTER_S = 5.0
+#: SQLite: how often `Commits` reads whether anything committed, at first; each read makes
+#: the next one 2% later, up to COMMIT_POLL_MAX_S (about 5 s into a wait), and a new wait
+#: starts again from the first.
+COMMIT_POLL_S = 0.001
+COMMIT_POLL_MAX_S = 0.1
+
+
+@dataclass
+class Hint:
+    """Set when a waited instance may have ended. `exact`: told of this instance
+    (PostgreSQL's NOTIFY); else of any commit to the database (SQLite's `Commits`)."""
+
+    event: asyncio.Event
+    exact: bool
 
 
 class EndedInstances:
@@ -64,12 +83,17 @@ class EndedInstances:
         self._reopen_at = 0.0  # time.monotonic()
         self._lock = asyncio.Lock()
         self._marking = asyncio.Lock()
+        self._commits = Commits.of(database)
 
     @asynccontextmanager
-    async def watch(self, instance_id: str) -> AsyncIterator[asyncio.Event | None]:
-        """An event set whenever `instance_id` may have ended, for the block's duration (the
-        instance is marked awaited first); None where no notification can come (SQLite, or
-        no listening connection could be opened)."""
+    async def watch(self, instance_id: str) -> AsyncIterator[Hint | None]:
+        """A hint set whenever `instance_id` may have ended, for the block's duration (on
+        PostgreSQL the instance is marked awaited first); None where none can come (no
+        listening connection could be opened, or an SQLite database in memory)."""
+        if self._commits is not None:
+            with self._commits.watch() as event:
+                yield Hint(event, exact=False)
+            return
         if not await self._listening():
             yield None
             return
@@ -77,7 +101,7 @@ class EndedInstances:
         self._waiters.setdefault(instance_id, set()).add(event)
         try:
             await self._mark_awaited(instance_id)
-            yield event
+            yield Hint(event, exact=True)
         finally:
             waiters = self._waiters[instance_id]
             waiters.discard(event)
@@ -117,6 +141,8 @@ class EndedInstances:
         return True
 
     async def close(self) -> None:
+        if self._commits is not None:
+            await self._commits.close()
         async with self._lock:
             self._closed = True
             await self._stop_listening()
@@ -158,6 +184,87 @@ class EndedInstances:
     def _notified(self, connection: Any, pid: int, channel: str, instance_id: str) -> None:
         for event in self._waiters.get(instance_id, ()):
             event.set()
+
+
+class Commits:
+    """SQLite: wakes its waiters whenever another connection commits to the database file.
+
+    A connection of its own reads `PRAGMA data_version`, which changes when another connection
+    has committed, on the event loop itself: a read takes a few microseconds (it reads the
+    WAL index in shared memory, not the file), less than a hop to a connection's thread. It
+    reads only while someone waits, more rarely the longer nobody starts a wait
+    (COMMIT_POLL_S). A commit is only a hint: the waiter reads its row again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._uri = f"{path.resolve().as_uri()}?mode=ro"  # never creates the file
+        self._connection: sqlite3.Connection | None = None
+        self._events: set[asyncio.Event] = set()
+        self._poller: asyncio.Task[None] | None = None
+        self._interval = COMMIT_POLL_S
+        self._readable = True  # said once when it stops being so
+
+    @classmethod
+    def of(cls, database: Database) -> Commits | None:
+        """For an SQLite database in a file; None otherwise."""
+        if not database.is_sqlite:
+            return None
+        path = make_url(database.url).database
+        if not path or path == ":memory:" or path.startswith("file:"):
+            return None
+        return cls(Path(path))
+
+    @contextmanager
+    def watch(self) -> Iterator[asyncio.Event]:
+        """An event set whenever something commits, for the block's duration."""
+        event = asyncio.Event()
+        self._events.add(event)
+        self._interval = COMMIT_POLL_S
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll())
+        try:
+            yield event
+        finally:
+            self._events.discard(event)
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def _poll(self) -> None:
+        seen = self._version()
+        while self._events:
+            await asyncio.sleep(self._interval)
+            self._interval = min(self._interval * 1.02, COMMIT_POLL_MAX_S)
+            version = self._version()
+            if version != seen:
+                seen = version
+                for event in self._events:
+                    event.set()
+
+    def _version(self) -> int | None:
+        """The connection's data version; None if it cannot be read (the waits' fallback
+        reads see the end then)."""
+        try:
+            if self._connection is None:
+                self._connection = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            version: int = self._connection.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as error:
+            if self._readable:
+                log.info("cannot read whether the database changed, polling: %r", error)
+            self._readable = False
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+            return None
+        self._readable = True
+        return version
 
 
 async def _discard(pooled: Any) -> None:

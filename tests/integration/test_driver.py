@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
 
 from processor.store import driver
 from processor.store.database import Database, is_transient
@@ -118,9 +119,9 @@ async def test_a_flush_is_one_statement_on_postgresql_or_one_per_kind_of_write(
         for name in ("fetch", "fetch_many", "write_many"):
             call = getattr(connection, name)
 
-            async def counted(sql: str, arguments: list[Any], call: Any = call) -> Any:
+            async def counted(sql: str, arguments: list[Any], call: Any = call, **kw: Any) -> Any:
                 sent.append(sql)
-                return await call(sql, arguments)
+                return await call(sql, arguments, **kw)
 
             setattr(connection, name, counted)
         instance = (await driver.lock_instances(session, ["i1"])).get("i1")
@@ -149,6 +150,62 @@ async def test_a_flush_is_one_statement_on_postgresql_or_one_per_kind_of_write(
     assert stored_first.message_id == "m1"
     assert stored_second is not None
     assert stored_second.message_id == "m2"
+
+
+@pytest.mark.parametrize("limit", ["none", "writes"])
+async def test_a_transaction_of_one_write_statement_sends_it_alone_and_all_or_nothing(
+    database: Database, backend: Backend, monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    """A transaction that only writes, in one statement (a create), sends no BEGIN or COMMIT
+    on PostgreSQL; past MAX_TOGETHER writes (several statements) it does. Either way a taken
+    id fails the whole of it."""
+    if limit == "writes":
+        monkeypatch.setattr(driver, "MAX_TOGETHER", 1)
+    await add_instance(database)
+    started: list[bool] = []
+
+    class CountingTransactions:
+        """asyncpg's connection, counting the transactions started on it."""
+
+        def __init__(self, connection: Any) -> None:
+            self._connection = connection
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._connection, name)
+
+        def transaction(self, **options: Any) -> Any:
+            started.append(True)
+            return self._connection.transaction(**options)
+
+    def instance(instance_id: str) -> InstanceRow:
+        return new_row(
+            InstanceRow,
+            id=instance_id,
+            workflow="w",
+            status="queued",
+            created_at=MOMENT,
+            updated_at=MOMENT,
+        )
+
+    async def create(instance_id: str, message_id: str) -> None:
+        async with database.driver_transaction() as session:
+            if backend.name == "postgres":
+                session._driver.connection = CountingTransactions(session._driver.connection)
+            session.add(instance(instance_id))
+            session.add(
+                OutboxRow(message_id=message_id, workflow="w", body="{}", created_at=MOMENT)
+            )
+
+    await create("i2", "m2")
+    with pytest.raises(IntegrityError):
+        await create("i1", "m1")  # taken
+    if backend.name == "postgres":
+        assert len(started) == (0 if limit == "none" else 2)
+    async with database.read() as orm:
+        messages = (await orm.exec(select(OutboxRow.message_id))).all()
+        created = await orm.get(InstanceRow, "i2")
+    assert messages == ["m2"]
+    assert created is not None
 
 
 async def test_rows_built_without_init_are_written_as_built_ones_by_the_orm_and_the_driver(
