@@ -441,26 +441,24 @@ class Instance:
                 if is_terminal:
                     error = ErrorInfo.model_validate(row.error) if row.error else None
                     raise InstanceFailedError(self.id, row.status, error)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"instance {self.id!r} is still {row.status}")
+                # The deadline is checked after a read only: a wait that runs out reads once more.
                 if hint is None or not hint.exact:
-                    await asyncio.sleep(self._before(deadline, gap, row.status))
+                    await asyncio.sleep(_until(deadline, gap))
                     gap = min(gap * 1.1, 0.5)
                     if hint is None:
                         continue
-                wait = self._before(deadline, RESULT_FALLBACK_POLL_S, row.status)
                 with suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
+                    async with asyncio.timeout(_until(deadline, RESULT_FALLBACK_POLL_S)):
                         await hint.event.wait()
                 told = hint.event.is_set() or not hint.exact
                 hint.event.clear()
 
-    def _before(self, deadline: float | None, wait: float, status: str) -> float:
-        """`wait`, or less if the deadline comes first; TimeoutError if it has passed."""
-        if deadline is None:
-            return wait
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"instance {self.id!r} is still {status}")
-        return min(wait, left)
+
+def _until(deadline: float | None, wait: float) -> float:
+    """`wait`, or less if `deadline` (time.monotonic()) comes first."""
+    return wait if deadline is None else max(0.0, min(wait, deadline - time.monotonic()))
 
 
 def _status(row: InstanceRow, steps: Sequence[StepRow], now: datetime) -> InstanceStatus:

@@ -105,9 +105,11 @@ class _Postgres:
         self._begin_pending = False
 
     async def begin(self) -> None:
-        """Sent with the transaction's first statement; if that is also its last (a flush of
-        writes in one statement, and nothing before it: a create), that statement runs alone,
-        as a transaction of its own: one round trip instead of three."""
+        """Deferred until the transaction's first statement; if that is also its last (a
+        flush of writes in one statement, and nothing before it: a create), that statement
+        runs alone, as a transaction of its own: one round trip instead of three. (As with
+        any COMMIT, a connection lost while it runs leaves the caller unsure whether it
+        committed.)"""
         self._begin_pending = True
 
     async def commit(self) -> None:

@@ -5,8 +5,12 @@ commits."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
+from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from processor import client as client_module
 from processor.store.database import Database
@@ -38,9 +42,73 @@ async def test_result_reads_the_row_again_when_something_commits_and_not_meanwhi
     assert len(reads) > quiet
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_an_end_just_before_the_deadline_is_returned_not_timed_out(env: TestEnv) -> None:
+    """On a busy database the gap between reads grows to 0.5 s: a deadline that passes during
+    one ends the wait with one more read, not with TimeoutError."""
+    await env.start_worker(Gated)
+    instance = await env.client.create(Gated)
+    GATE[instance.id] = asyncio.Event()  # never opened: the instance stays running
+    path = make_url(env.client.runtime.database.url).database
+    assert path is not None
+    other = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+    await asyncio.to_thread(other.execute, "CREATE TABLE busy (x INTEGER)")
+    stop = asyncio.Event()
+
+    async def commit_often() -> None:  # as other instances' rounds would
+        while not stop.is_set():
+            await asyncio.to_thread(other.execute, "INSERT INTO busy VALUES (1)")
+            await asyncio.sleep(0.002)
+
+    busy = asyncio.ensure_future(commit_often())
+    timeout = 3.0
+    started = time.monotonic()
+    task = asyncio.ensure_future(instance.result(timeout=timeout))
+    try:
+        await asyncio.sleep(timeout - 0.05)
+        await asyncio.to_thread(
+            other.execute,
+            "UPDATE warren_instances SET status = 'complete', output = '\"done\"' WHERE id = ?",
+            (instance.id,),
+        )
+        assert time.monotonic() - started < timeout
+        assert await task == "done"
+    finally:
+        stop.set()
+        await busy
+        GATE[instance.id].set()
+        other.close()
+
+
 async def test_no_commit_watch_for_an_sqlite_database_in_memory() -> None:
     database = Database("sqlite+aiosqlite:///:memory:")
     try:
         assert Commits.of(database) is None
     finally:
         await database.close()
+
+
+async def test_commits_wakes_waiters_on_another_connections_commit_until_closed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "watched.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("CREATE TABLE t (x INTEGER)")
+    commits = Commits(path)
+    try:
+        with commits.watch() as event:
+            await asyncio.sleep(0.05)
+            assert not event.is_set()  # nothing committed since the watch began
+            other.execute("INSERT INTO t VALUES (1)")
+            await asyncio.wait_for(event.wait(), 5)
+        await commits.close()
+        with commits.watch() as event:
+            other.execute("INSERT INTO t VALUES (2)")
+            await asyncio.sleep(0.05)
+            assert not event.is_set()
+            assert commits._poller is None  # closed: no poller, no connection reopened
+            assert commits._connection is None
+    finally:
+        await commits.close()
+        other.close()
