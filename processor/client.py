@@ -430,23 +430,19 @@ class Instance:
             # a local file), a read also waits for one, or for RESULT_FALLBACK_POLL_S.
             gap = 0.001
             told = True  # the first read needs no notification
-            # Marked awaited before it ended (PostgreSQL), its end will be told: no read before.
-            read = hint is None or not hint.unended
             while True:
-                if read:
-                    row = await self._client._row(self.id)
-                    is_terminal = InstanceStatusName(row.status).is_terminal
-                    if is_terminal and not told:
-                        ended_ago = self._client.runtime.clock.now() - row.updated_at
-                        await ended_instances.untold(self.id, ended_ago)
-                    if row.status == InstanceStatusName.COMPLETE:
-                        return row.output
-                    if is_terminal:
-                        error = ErrorInfo.model_validate(row.error) if row.error else None
-                        raise InstanceFailedError(self.id, row.status, error)
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise TimeoutError(f"instance {self.id!r} is still {row.status}")
-                read = True
+                row = await self._client._row(self.id)
+                is_terminal = InstanceStatusName(row.status).is_terminal
+                if is_terminal and not told:
+                    ended_ago = self._client.runtime.clock.now() - row.updated_at
+                    await ended_instances.untold(self.id, ended_ago)
+                if row.status == InstanceStatusName.COMPLETE:
+                    return row.output
+                if is_terminal:
+                    error = ErrorInfo.model_validate(row.error) if row.error else None
+                    raise InstanceFailedError(self.id, row.status, error)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"instance {self.id!r} is still {row.status}")
                 # The deadline is checked after a read only: a wait that runs out reads once more.
                 if hint is None or not hint.exact:
                     await asyncio.sleep(_until(deadline, gap))

@@ -8,10 +8,9 @@ their rows again when something did.
 Only awaited instances notify: a transaction that notifies takes a lock that serialises the
 commits of all notifying transactions on the server, so instances nobody waits for (most, in
 a service that creates and moves on) must not pay it. The mark is a row of its own table, not
-a column of the instance, and its statement share-locks the instance's row while it checks
-that the instance has not ended: a round that ends the instance either committed before (the
-mark is not written, and the waiter reads the end) or waits until the mark is committed, and
-its trigger sees it. A waiter whose mark is written need not read the row until told.
+a column of the instance: writing it takes no lock a round of the instance would wait for. A
+mark committed while the round that ends the instance is committing may be missed: the wait
+then sees the end at its fallback read.
 
 A notification is only a hint to read the row again: one for an instance of another schema
 (the channel is the database's) costs a read. A listener that misses one (its connection
@@ -46,7 +45,7 @@ CHANNEL = "warren_ended"
 _ENDED = ", ".join(f"'{status.value}'" for status in sorted(TERMINAL_STATUSES))
 _MARK_AWAITED = f"""
     INSERT INTO warren_awaited_results (instance_id)
-    SELECT id FROM warren_instances WHERE id = $1 AND status NOT IN ({_ENDED}) FOR SHARE
+    SELECT id FROM warren_instances WHERE id = $1 AND status NOT IN ({_ENDED})
     ON CONFLICT DO NOTHING
 """
 _FORGET_AWAITED = "DELETE FROM warren_awaited_results WHERE instance_id = $1"
@@ -66,13 +65,10 @@ COMMIT_POLL_MAX_S = 0.1
 @dataclass
 class Hint:
     """Set when a waited instance may have ended. `exact`: told of this instance
-    (PostgreSQL's NOTIFY); else of any commit to the database (SQLite's `Commits`).
-    `unended`: marked awaited while it had not ended, so its end will be told: the waiter
-    need not read the row before then."""
+    (PostgreSQL's NOTIFY); else of any commit to the database (SQLite's `Commits`)."""
 
     event: asyncio.Event
     exact: bool
-    unended: bool = False
 
 
 class EndedInstances:
@@ -104,49 +100,45 @@ class EndedInstances:
         event = asyncio.Event()
         self._waiters.setdefault(instance_id, set()).add(event)
         try:
-            unended = await self._mark_awaited(instance_id)
-            yield Hint(event, exact=True, unended=unended)
+            await self._mark_awaited(instance_id)
+            yield Hint(event, exact=True)
         finally:
             waiters = self._waiters[instance_id]
             waiters.discard(event)
             if not waiters:
                 del self._waiters[instance_id]
 
-    async def _mark_awaited(self, instance_id: str) -> bool:
+    async def _mark_awaited(self, instance_id: str) -> None:
         """One statement on the listening connection (an idle one, in autocommit): the
-        instance's end will notify. True if it wrote the mark: the instance had not ended;
-        False if it had, if there is no such instance, if another wait marked it already,
-        or if the statement failed (the connection is then replaced by the next wait, and
-        this one sees the end at its fallback read)."""
-        status = await self._on_listener(_MARK_AWAITED, instance_id)
-        if status is None:
+        instance's end will notify. If it fails, the connection is replaced by the next wait,
+        and this one sees the end at its fallback read."""
+        if not await self._on_listener(_MARK_AWAITED, instance_id):
             log.info("cannot mark %s awaited: its wait polls", instance_id)
-        return status == "INSERT 0 1"
 
     async def untold(self, instance_id: str, ended_ago: timedelta) -> None:
         """A waiter found its instance ended without being told. If the end is older than
         TOLD_WITHIN, the notification was lost: the listener is deaf, and the next wait opens
-        another. Else it may be on its way; the mark, if one is left, is deleted so that it
-        does not stay."""
+        another. Else the mark may have been written while the end was committing, after the
+        trigger looked for it: it is deleted, or it would stay."""
         if ended_ago > TOLD_WITHIN:
             self._is_deaf = True
         await self._on_listener(_FORGET_AWAITED, instance_id)
 
-    async def _on_listener(self, sql: str, instance_id: str) -> str | None:
-        """Run one statement on the listening connection: its status ("INSERT 0 1"); None,
-        and the connection taken for deaf, if it fails."""
+    async def _on_listener(self, sql: str, instance_id: str) -> bool:
+        """Run one statement on the listening connection; False, and the connection taken
+        for deaf, if it fails."""
         pooled = self._pooled
         if pooled is None:
-            return None
+            return False
         try:
             async with self._marking:  # one statement at a time on a connection
-                status: str = await pooled.driver_connection.execute(sql, instance_id)
+                await pooled.driver_connection.execute(sql, instance_id)
         except Exception as error:
             log.info("the listening connection failed: %r", error)
             if self._pooled is pooled:  # not one opened since
                 self._is_deaf = True
-            return None
-        return status
+            return False
+        return True
 
     async def close(self) -> None:
         if self._commits is not None:

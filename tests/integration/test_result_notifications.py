@@ -71,44 +71,7 @@ async def test_result_reads_the_row_again_when_the_instance_ends(
     instance, task = await a_waiting_result(env, monkeypatch, 60.0)
     GATE[instance.id].set()
     assert await asyncio.wait_for(task, 10) == "done"
-    # Marked awaited while it ran, its end was sure to be told: the only read is the one the
-    # notification asked for.
-    assert len(reads) == 1
-
-
-async def test_a_wait_that_starts_while_the_end_commits_sees_the_end(
-    env: TestEnv, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The mark waits for the round that ends the instance to commit (it share-locks the
-    row), and then finds it ended: the wait reads it at once. Marked beside the uncommitted
-    end instead, it would never be told, and would wait for its fallback read (60 s here)."""
-    monkeypatch.setattr(client_module, "RESULT_FALLBACK_POLL_S", 60.0)
-    await env.start_worker(Gated)
-    instance = await env.client.create(Gated)
-    GATE[instance.id] = asyncio.Event()
-
-    async def running() -> bool:
-        return (await instance.status()).status == "running"
-
-    await assert_eventually(running, what="the instance running its gated step")
-    database = Database(env.backend.database_url, schema=env.backend.schema)
-    try:
-        async with database.engine.connect() as ending:  # as the round that ends it would
-            await ending.execute(
-                sa.text(
-                    "UPDATE warren_instances SET status = 'complete', output = '\"done\"'"
-                    " WHERE id = :id"
-                ),
-                {"id": instance.id},
-            )
-            task = asyncio.ensure_future(instance.result(timeout=30))
-            await asyncio.sleep(0.3)
-            assert not task.done()  # its mark waits for the end to commit
-            await ending.commit()
-        assert await asyncio.wait_for(task, 10) == "done"
-    finally:
-        GATE[instance.id].set()
-        await database.close()
+    assert len(reads) == 2  # the first read, and the one the notification asked for
 
 
 async def test_a_terminated_instance_ends_a_waiting_result(
