@@ -57,7 +57,7 @@ OPEN_TIMEOUT_S = 5.0
 REOPEN_AFTER_S = 5.0
 #: SQLite: how often `Commits` reads whether anything committed, at first; each read makes
 #: the next one 2% later, up to COMMIT_POLL_MAX_S (about 5 s into a wait), and a new wait
-#: starts again from the first.
+#: starts it again from the first.
 COMMIT_POLL_S = 0.001
 COMMIT_POLL_MAX_S = 0.1
 
@@ -204,6 +204,8 @@ class Commits:
         self._events: set[asyncio.Event] = set()
         self._poller: asyncio.Task[None] | None = None
         self._interval = COMMIT_POLL_S
+        #: The data version last read: commits after it wake the waiters.
+        self._seen: int | None = None
         self._readable = True  # said once when it stops being so
         self._closed = False
 
@@ -225,12 +227,17 @@ class Commits:
         if self._closed:
             yield event
             return
-        self._events.add(event)
-        self._interval = COMMIT_POLL_S
-        if self._poller is None or self._poller.done():
-            # Read now, not when the task first runs: a commit in between (while the waiter
+        if not self._events:
+            # Read now, not when the poller first reads: a commit in between (while the waiter
             # reads its row) would count as seen already.
-            self._poller = asyncio.create_task(self._poll(self._version()))
+            self._seen = self._version()
+        self._events.add(event)
+        # Started again from the first interval: one that had slowed for a long wait would
+        # sleep up to COMMIT_POLL_MAX_S before this wait's first read.
+        if self._poller is not None:
+            self._poller.cancel()
+        self._interval = COMMIT_POLL_S
+        self._poller = asyncio.create_task(self._poll())
         try:
             yield event
         finally:
@@ -247,13 +254,13 @@ class Commits:
             self._connection.close()
             self._connection = None
 
-    async def _poll(self, seen: int | None) -> None:
+    async def _poll(self) -> None:
         while self._events:
             await asyncio.sleep(self._interval)
             self._interval = min(self._interval * 1.02, COMMIT_POLL_MAX_S)
             version = self._version()
-            if version != seen:
-                seen = version
+            if version != self._seen:
+                self._seen = version
                 for event in self._events:
                     event.set()
 

@@ -112,3 +112,24 @@ async def test_commits_wakes_waiters_on_another_connections_commit_until_closed(
     finally:
         await commits.close()
         other.close()
+
+
+async def test_a_new_wait_is_told_at_once_though_a_long_one_slowed_the_reads(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "watched.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("CREATE TABLE t (x INTEGER)")
+    commits = Commits(path)
+    try:
+        with commits.watch() as long_wait:
+            commits._interval = 60.0  # as after minutes of waiting (capped lower in use)
+            await asyncio.sleep(0.05)  # the poller sleeps that long now
+            with commits.watch() as new_wait:
+                other.execute("INSERT INTO t VALUES (1)")
+                await asyncio.wait_for(new_wait.wait(), 5)
+            assert long_wait.is_set()
+    finally:
+        await commits.close()
+        other.close()
