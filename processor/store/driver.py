@@ -159,6 +159,7 @@ class _Sqlite:
     with the transaction's first statement, and the writes of a flush (whose results nobody
     reads) wait for the next hop, at the latest the COMMIT's. A round then takes 3 hops when
     it reads nothing else: BEGIN with the lock, the steps' load, and the writes with the COMMIT.
+    A statement's `last` (`_Postgres.begin`) is ignored here: BEGIN costs no hop of its own.
     """
 
     def __init__(self, connection: Any) -> None:
@@ -292,7 +293,9 @@ class DriverSession:
     ) -> list[dict[str, Any]]:
         await self.flush()
         compiled = self._compile(statement, statement)
-        raw = await self._query(compiled, compiled.arguments(params))
+        raw: list[Sequence[Any]] = await self._traced_call(
+            compiled, self._driver.fetch(compiled.sql, compiled.arguments(params))
+        )
         return [compiled.row(values) for values in raw]
 
     def _may_combine(self, mix: tuple[Any, ...]) -> bool:
@@ -344,12 +347,6 @@ class DriverSession:
                 await self._traced_call(
                     compiled, self._driver.write_many(compiled.sql, arguments, last=last)
                 )
-
-    async def _query(self, compiled: _Compiled, arguments: list[Any]) -> list[Sequence[Any]]:
-        rows: list[Sequence[Any]] = await self._traced_call(
-            compiled, self._driver.fetch(compiled.sql, arguments)
-        )
-        return rows
 
     async def _traced_call(self, compiled: _Compiled, call: Awaitable[Any]) -> Any:
         """The call's result; a driver error comes out as SQLAlchemy's (`_wrapped`), so that a

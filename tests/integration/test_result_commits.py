@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,14 +89,20 @@ async def test_no_commit_watch_for_an_sqlite_database_in_memory() -> None:
         await database.close()
 
 
-async def test_commits_wakes_waiters_on_another_connections_commit_until_closed(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "watched.db"
-    other = sqlite3.connect(path, isolation_level=None)
+@pytest.fixture
+def other(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to a new SQLite file in WAL mode, with a table `t` to commit rows to."""
+    other = sqlite3.connect(tmp_path / "watched.db", isolation_level=None)
     other.execute("PRAGMA journal_mode=WAL")
     other.execute("CREATE TABLE t (x INTEGER)")
-    commits = Commits(path)
+    yield other
+    other.close()
+
+
+async def test_commits_wakes_waiters_on_another_connections_commit_until_closed(
+    tmp_path: Path, other: sqlite3.Connection
+) -> None:
+    commits = Commits(tmp_path / "watched.db")
     try:
         with commits.watch() as event:
             await asyncio.sleep(0.05)
@@ -111,17 +118,12 @@ async def test_commits_wakes_waiters_on_another_connections_commit_until_closed(
             assert commits._connection is None
     finally:
         await commits.close()
-        other.close()
 
 
 async def test_a_new_wait_is_told_at_once_though_a_long_one_slowed_the_reads(
-    tmp_path: Path,
+    tmp_path: Path, other: sqlite3.Connection
 ) -> None:
-    path = tmp_path / "watched.db"
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("PRAGMA journal_mode=WAL")
-    other.execute("CREATE TABLE t (x INTEGER)")
-    commits = Commits(path)
+    commits = Commits(tmp_path / "watched.db")
     try:
         with commits.watch() as long_wait:
             commits._interval = 60.0  # as after minutes of waiting (capped lower in use)
@@ -132,4 +134,3 @@ async def test_a_new_wait_is_told_at_once_though_a_long_one_slowed_the_reads(
             assert long_wait.is_set()
     finally:
         await commits.close()
-        other.close()
