@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -99,38 +99,38 @@ def other(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     other.close()
 
 
-async def test_commits_wakes_waiters_on_another_connections_commit_until_closed(
-    tmp_path: Path, other: sqlite3.Connection
-) -> None:
+@pytest.fixture
+async def commits(tmp_path: Path, other: sqlite3.Connection) -> AsyncIterator[Commits]:
+    """Watching the file `other` writes to."""
     commits = Commits(tmp_path / "watched.db")
-    try:
-        with commits.watch() as event:
-            await asyncio.sleep(0.05)
-            assert not event.is_set()  # nothing committed since the watch began
-            other.execute("INSERT INTO t VALUES (1)")
-            await asyncio.wait_for(event.wait(), 5)
-        await commits.close()
-        with commits.watch() as event:
-            other.execute("INSERT INTO t VALUES (2)")
-            await asyncio.sleep(0.05)
-            assert not event.is_set()
-            assert commits._poller is None  # closed: no poller, no connection reopened
-            assert commits._connection is None
-    finally:
-        await commits.close()
+    yield commits
+    await commits.close()
+
+
+async def test_commits_wakes_waiters_on_another_connections_commit_until_closed(
+    commits: Commits, other: sqlite3.Connection
+) -> None:
+    with commits.watch() as event:
+        await asyncio.sleep(0.05)
+        assert not event.is_set()  # nothing committed since the watch began
+        other.execute("INSERT INTO t VALUES (1)")
+        await asyncio.wait_for(event.wait(), 5)
+    await commits.close()
+    with commits.watch() as event:
+        other.execute("INSERT INTO t VALUES (2)")
+        await asyncio.sleep(0.05)
+        assert not event.is_set()
+        assert commits._poller is None  # closed: no poller, no connection reopened
+        assert commits._connection is None
 
 
 async def test_a_new_wait_is_told_at_once_though_a_long_one_slowed_the_reads(
-    tmp_path: Path, other: sqlite3.Connection
+    commits: Commits, other: sqlite3.Connection
 ) -> None:
-    commits = Commits(tmp_path / "watched.db")
-    try:
-        with commits.watch() as long_wait:
-            commits._interval = 60.0  # as after minutes of waiting (capped lower in use)
-            await asyncio.sleep(0.05)  # the poller sleeps that long now
-            with commits.watch() as new_wait:
-                other.execute("INSERT INTO t VALUES (1)")
-                await asyncio.wait_for(new_wait.wait(), 5)
-            assert long_wait.is_set()
-    finally:
-        await commits.close()
+    with commits.watch() as long_wait:
+        commits._interval = 60.0  # as after minutes of waiting (capped lower in use)
+        await asyncio.sleep(0.05)  # the poller sleeps that long now
+        with commits.watch() as new_wait:
+            other.execute("INSERT INTO t VALUES (1)")
+            await asyncio.wait_for(new_wait.wait(), 5)
+        assert long_wait.is_set()
