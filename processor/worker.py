@@ -227,13 +227,16 @@ class Worker:
         topology = runtime.topology
         ingress = IngressConsumer(runtime)
         self._subscribe(await topology.declare_ingress_queue(channel), ingress.handle)
-        runs = self._runs = RunConsumer(runtime, self.registry, self.claimant, self._executor)
+        runs = self._runs = RunConsumer(
+            runtime, self.registry, self.claimant, self._executor, lambda: self._is_consuming
+        )
         for name in sorted(self.registry):
             run_queue, wake_queue = await topology.declare_run_queues(channel, name)
             record_only = functools.partial(runs.handle, name, may_claim=False)
             self._subscribe(
                 run_queue,
                 functools.partial(runs.handle, name),
+                without_slot=functools.partial(runs.recorded_here, name),
                 if_no_slot=functools.partial(_record_if_report, record_only),
             )
             self._subscribe(

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from processor.consumers.base import FollowUp
+from processor.consumers.base import FollowUp, Handler
 from processor.consumers.decoding import decode
 from processor.consumers.slots import WAKE_UP_HEAD_START_S
 from processor.engine.replay import Claimant
-from processor.engine.rounds import RunRequest, round_runner, run_claimed
+from processor.engine.rounds import AttemptRunner, LocalReports, RunRequest, round_runner
 from processor.runtime import Runtime
 from processor.store import queries
 from processor.workflow import Workflow
@@ -47,12 +48,16 @@ class RunConsumer:
         registry: dict[str, type[Workflow[Any]]],
         claimant: Claimant,
         executor: Executor,
+        may_claim: Callable[[], bool],
     ) -> None:
+        """`may_claim()`: whether the worker takes messages (see AttemptRunner.may_claim)."""
         self.runtime = runtime
         self.registry = registry
-        self.claimant = claimant
-        self.executor = executor
         self.rounds = round_runner(runtime, registry, claimant)
+        self.local_reports = LocalReports()
+        self.attempts = AttemptRunner(
+            runtime, claimant, executor, self.rounds, self.local_reports, may_claim
+        )
 
     async def handle(
         self,
@@ -83,7 +88,22 @@ class RunConsumer:
         )
         if work is None:
             return None
-        return functools.partial(run_claimed, self.runtime, work, self.claimant, self.executor)
+        return functools.partial(self.attempts.run_claimed, work)
+
+    def recorded_here(self, workflow: str, message: AbstractIncomingMessage) -> Handler | None:
+        """A step's report that this process is recording (see LocalReports) is handled, at
+        once and without a slot, by waiting for that round: the message is acked once it
+        committed, or recorded as any report is should it have failed."""
+        recording = self.local_reports.take(message.message_id)
+        if recording is None:
+            return None
+
+        async def after_recording(message: AbstractIncomingMessage) -> FollowUp | None:
+            if await asyncio.shield(recording):
+                return None
+            return await self.handle(workflow, message, may_claim=False)
+
+        return after_recording
 
     async def split(self, workflow: str, message: AbstractIncomingMessage) -> None:
         """A wake-up carrying several instances (`is_wake_up_group`), taken on arrival, without

@@ -1,11 +1,13 @@
-"""One round of an instance: record the step report its run message carries, replay, claim
-what must run; then run it, and publish each attempt's report as the next run message.
+"""One round of an instance: record the step reports it is given, replay, claim what must
+run; then run it, and report each attempt: publish its report as the instance's next run
+message, and record it meanwhile in a round here (`LocalReports`).
 
 A round's transaction locks the instance row, so one instance is advanced by one worker at a
 time; step bodies run after it, outside any lock. A step therefore costs one transaction and
-one message: the report is the message, and the round that takes it records it. Fencing (the
-instance's generation and the step's attempt and claim) keeps a late or stale attempt's
-report from recording anything.
+one message: the report is the message, recorded as it is published by the worker that ran
+the attempt, or by the message's consumer should that fail. Fencing (the instance's generation
+and the step's attempt and claim) keeps a late or stale attempt's report from recording
+anything, and a report recorded once from being recorded again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -159,6 +162,11 @@ async def _replay_rounds(
     for request in requests:
         if request.report is not None:
             reports.setdefault(request.instance_id, []).append(request.report)
+    #: Instances whose every request carries a report: a copy of one, or one recorded by the
+    #: worker that ran its attempt (see LocalReports), needs no round.
+    only_reports = set(reports) - {
+        request.instance_id for request in requests if request.report is None
+    }
     with ExitStack() as scope:
         async with runtime.step_transaction() as tx:
             locked = await driver.lock_instances(
@@ -172,6 +180,15 @@ async def _replay_rounds(
             )
             for instance in instances:
                 workflow = instance.workflow
+                instance_steps = steps.get(instance.id, [])
+                recorded = [
+                    _record_report(tx, instance, instance_steps, report)
+                    for report in reports.get(instance.id, ())
+                ]
+                if instance.id in only_reports and not any(recorded):
+                    # Each was recorded already, by a round that replayed the instance then
+                    # (or is void): this one would find nothing new.
+                    continue
                 # Each round's span is the current one while it replays, so the spans of its
                 # attempts are its children; the commit's SQL spans go under the last one.
                 scope.enter_context(log_context(instance_id=instance.id, workflow=workflow))
@@ -186,9 +203,6 @@ async def _replay_rounds(
                         parent=parent,
                     )
                 )
-                instance_steps = steps.get(instance.id, [])
-                for report in reports.get(instance.id, ()):
-                    _record_report(tx, instance, instance_steps, report)
                 result, work = await _advance(
                     tx,
                     instance,
@@ -215,21 +229,22 @@ async def _replay_rounds(
 
 def _record_report(
     tx: Tx[DriverSession], instance: InstanceRow, steps: list[StepRow], report: StepReport
-) -> None:
-    """Record how a step attempt ended, unless it is fenced off; a retry gets its wake-up.
-    Its compute is counted with it, so a copy of the report (redelivered, say) is not counted
-    twice; a fenced-off attempt's is not counted at all."""
+) -> bool:
+    """Record how a step attempt ended, unless it is fenced off (returns whether it was); a
+    retry gets its wake-up. Its compute is counted with it, so a copy of the report
+    (redelivered, say) is not counted twice; a fenced-off attempt's is not counted at all."""
     if instance.generation != report.generation or instance.status in TERMINAL_STATUSES:
-        return  # terminated or restarted meanwhile: this attempt's result is void
+        return False  # terminated or restarted meanwhile: this attempt's result is void
     row = next((step for step in steps if step.key == report.step), None)
     if row is None or not is_current(row, report):
-        return  # recorded already (a copy), or a newer attempt took over from this one
+        return False  # recorded already (a copy), or a newer attempt took over from this one
     instance.compute_ms += report.duration_ms
     instance.cpu_ms += report.cpu_ms
     retry_at = record_report(row, report, tx.now)
     instance.updated_at = tx.now
     if retry_at is not None:
         tx.emit_run(instance, wake_at=retry_at)
+    return True
 
 
 def _is_advancing(instance: InstanceRow) -> bool:
@@ -331,19 +346,98 @@ async def _advance(
     )
 
 
-async def run_claimed(
-    runtime: Runtime, work: ClaimedWork, claimant: Claimant, executor: Executor
-) -> None:
-    """Run the claimed attempts concurrently, publishing each one's report as soon as it
-    ends, so a fast step's result (and lease) never waits for a slow sibling.
+class LocalReports:
+    """The reports this process records itself, by their run message's id.
 
-    The attempts are in `claimant.running` from before their claim's commit (`replay_rounds`)
-    until their report is published, so a round meanwhile finds them alive in this process;
-    one that ends without a report (cancelled as the worker stops) is dropped: the next
-    round takes it for lost.
+    The worker that ran an attempt submits its report to a round of its own at once, while it
+    publishes the report's run message, and goes on to the attempts that round claims: a step
+    then waits for one transaction rather than a publish, a delivery through a quorum queue
+    and a transaction. The message is still the report's durable copy until that round
+    commits: should this process die first, or the round fail, the message's consumer records
+    it. When the message comes back to this process, it waits for the round here
+    (`RunConsumer.recorded_here`) instead of running another; elsewhere its round finds the
+    report recorded and stops there (`_replay_rounds`).
+
+    Bounded: a message consumed by another worker never comes to take its entry, so the
+    oldest entries go once there are `capacity`; such a message, if it comes after all, runs
+    a round like any other.
     """
 
-    async def run_and_report(pending: PendingAttempt, attempt: tuple[str, int, str, int]) -> None:
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        #: True once the round here committed the report; False if it did not.
+        self._rounds: dict[str, asyncio.Future[bool]] = {}
+
+    def expect(self, message_id: str) -> asyncio.Future[bool]:
+        """A round here is about to record the report of message `message_id`: its future."""
+        future = asyncio.get_running_loop().create_future()
+        self._rounds[message_id] = future
+        while len(self._rounds) > self._capacity:
+            del self._rounds[next(iter(self._rounds))]
+        return future
+
+    def take(self, message_id: str | None) -> asyncio.Future[bool] | None:
+        """The round here recording the report of message `message_id`, if any; forgotten
+        once taken (each message is taken once, and a copy of it runs a round of its own)."""
+        return self._rounds.pop(message_id, None) if message_id is not None else None
+
+
+@dataclass
+class AttemptRunner:
+    """Runs the attempts rounds claim, and records their reports (see `run_claimed`)."""
+
+    runtime: Runtime
+    claimant: Claimant
+    executor: Executor
+    rounds: RoundRunner
+    local_reports: LocalReports
+    #: False while the worker takes no messages (it is stopping): a round here then claims
+    #: nothing, and publishes a run message for any worker to claim the next attempts.
+    may_claim: Callable[[], bool]
+
+    async def run_claimed(self, work: ClaimedWork) -> None:
+        """Run the claimed attempts concurrently; as each one ends, publish its report and
+        record it in a round here (see `LocalReports`), then run the attempts that round
+        claims, until none is left. So a fast step's result (and lease) never waits for a slow
+        sibling, and an instance's steps follow each other in the slot of the message that
+        started them.
+
+        The attempts are in `claimant.running` from before their claim's commit
+        (`replay_rounds`) until their report is recorded or published, so a round meanwhile
+        finds them alive in this process; one that ends without a report (cancelled as the
+        worker stops) is dropped: the next round takes it for lost.
+        """
+        running: set[asyncio.Task[ClaimedWork | None]] = set()
+
+        def start(work: ClaimedWork) -> None:
+            for pending, attempt in zip(work.attempts, work.attempt_keys(), strict=True):
+                running.add(asyncio.create_task(self._run_attempt(work, pending, attempt)))
+
+        start(work)
+        try:
+            while running:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                running.difference_update(done)
+                for task in done:
+                    error = task.exception()  # one failure must not abandon its siblings
+                    if error is not None:
+                        log.error(
+                            "reporting a step outcome of %s failed",
+                            work.instance_id,
+                            exc_info=error,
+                        )
+                    elif (claimed := task.result()) is not None:
+                        start(claimed)
+        finally:
+            for task in running:  # cancelled: the worker is stopping
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+
+    async def _run_attempt(
+        self, work: ClaimedWork, pending: PendingAttempt, attempt: tuple[str, int, str, int]
+    ) -> ClaimedWork | None:
+        """Run one attempt and report it; returns what the round recording it claimed."""
         step = pending.step
         metrics = get_metrics()
         reported = False
@@ -359,11 +453,9 @@ async def run_claimed(
                 ) as span,
             ):
                 metrics.step_started(work.workflow)
-                outcome = await run_attempt(pending, executor)
+                outcome = await run_attempt(pending, self.executor)
                 crash_point("mid_step")
-                report = report_of(pending, outcome, work.generation, claimant.worker_id)
-                await _publish_report(runtime, work, report)
-                reported = True
+                report = report_of(pending, outcome, work.generation, self.claimant.worker_id)
                 retry_delay = None
                 if report.error is None:
                     ended: StepOutcome = "completed"
@@ -374,48 +466,79 @@ async def run_claimed(
                     retry_delay = timedelta(milliseconds=report.retry_after_ms)
                 span.set_outcome(ended, retry_delay=retry_delay, error=outcome.exception)
                 metrics.step_ended(work.workflow, ended, outcome.duration_s)
+            # Outside the attempt's span and log context: the round is the instance's.
+            claimed = await self._report(work, report)
+            reported = True
+            return claimed
         finally:
             if reported:
-                claimant.running.discard(attempt)
+                self.claimant.running.discard(attempt)
             else:
-                claimant.drop([attempt])
+                self.claimant.drop([attempt])
 
-    outcomes = await asyncio.gather(
-        *(
-            run_and_report(pending, attempt)
-            for pending, attempt in zip(work.attempts, work.attempt_keys(), strict=True)
-        ),
-        return_exceptions=True,  # one failure must not abandon its siblings
-    )
-    for error in outcomes:
-        if isinstance(error, BaseException):
-            log.error("reporting a step outcome of %s failed", work.instance_id, exc_info=error)
+    async def _report(self, work: ClaimedWork, report: StepReport) -> ClaimedWork | None:
+        """Publish the report's run message and, meanwhile, record the report in a round here;
+        returns what that round claimed. Both are done when this returns, so a chain of steps
+        has one report at a time in flight, whatever the broker's pace."""
+        report, body = _report_message(work.instance_id, report)
+        message_id = queries.new_message_id()
+        recorded_here = self.local_reports.expect(message_id)
+        publishing = asyncio.ensure_future(
+            _publish_report(self.runtime, work.workflow, report.step, body, message_id)
+        )
+        claimed: ClaimedWork | None = None
+        recorded = False
+        try:
+            try:
+                claimed = await self._record_here(work.instance_id, report)
+                recorded = True
+            except Exception as error:  # the message's consumer records it
+                log.warning("recording the report of %s here failed: %r", report.step, error)
+            finally:
+                if not recorded_here.done():
+                    recorded_here.set_result(recorded)
+            await publishing
+        except BaseException:  # cancelled: the worker is stopping
+            publishing.cancel()
+            if claimed is not None:  # never to run here
+                self.claimant.drop(claimed.attempt_keys())
+            raise
+        return claimed
+
+    async def _record_here(self, instance_id: str, report: StepReport) -> ClaimedWork | None:
+        """Record the report in a round of this process; returns what the round claimed."""
+        request = RunRequest(instance_id, report, self.may_claim())
+        return await self.runtime.database.retry(lambda: self.rounds.submit(request))
 
 
-async def _publish_report(runtime: Runtime, work: ClaimedWork, report: StepReport) -> None:
-    """Publish the report as the instance's next run message, with a confirm. The report lives
-    only in this process until then, so a failed publish is tried again until it succeeds
-    (the robust connection comes back with the broker) or the worker stops."""
+def _report_message(instance_id: str, report: StepReport) -> tuple[StepReport, bytes]:
+    """The report as its run message carries it, and the message's body."""
 
     def body_of(report: StepReport) -> bytes:
-        run = RunInstance(instance_id=work.instance_id, report=report)
+        run = RunInstance(instance_id=instance_id, report=report)
         return run.model_dump_json(exclude_none=True).encode()
 
     try:
-        body = body_of(report)
+        return report, body_of(report)
     except Exception as error:  # text that is not UTF-8 in a step name, say: the step failed
         cause = f"the attempt's outcome could not be sent as JSON ({type(error).__name__})"
         failed = ErrorInfo(name="SerializationError", message=cause)
-        body = body_of(
-            report.model_copy(update={"output": None, "error": failed, "retry_after_ms": None})
-        )
-    message_id = queries.new_message_id()
+        report = report.model_copy(update={"output": None, "error": failed, "retry_after_ms": None})
+        return report, body_of(report)
+
+
+async def _publish_report(
+    runtime: Runtime, workflow: str, step: str, body: bytes, message_id: str
+) -> None:
+    """Publish a report as the instance's next run message, with a confirm. It may live only
+    in this process until then, so a failed publish is tried again until it succeeds (the
+    robust connection comes back with the broker) or the worker stops."""
     wait, most = REPORT_RETRY_S
     while True:
         try:
-            await runtime.publisher.publish_run(work.workflow, body, message_id)
+            await runtime.publisher.publish_run(workflow, body, message_id)
             return
         except Exception as error:  # the broker is away, or the channel is being restored
-            log.warning("publishing the report of %s failed, trying again: %r", report.step, error)
+            log.warning("publishing the report of %s failed, trying again: %r", step, error)
             await asyncio.sleep(wait)
             wait = min(wait * 2, most)

@@ -14,7 +14,6 @@ import pytest
 
 from processor import RetryPolicy, Workflow, WorkflowEvent, WorkflowStep
 from processor import worker as worker_module
-from processor.consumers import runs as runs_module
 from processor.engine import attempts, rounds
 from processor.engine.replay import REPORT_DELIVERY_GRACE
 from processor.engine.rounds import RunRequest, replay_rounds
@@ -220,12 +219,17 @@ async def test_a_report_held_up_in_the_run_queue_past_its_lease_is_recorded(
     publish = rounds._publish_report
     published = asyncio.Event()
 
-    async def held_up(runtime: Any, work: Any, report: Any) -> None:
+    async def held_up(*args: Any) -> None:
         await worker._stop_consuming()
-        await publish(runtime, work, report)
+        await publish(*args)
         published.set()
 
+    async def fails(*args: Any) -> None:
+        raise ConnectionError("the database is away")
+
     monkeypatch.setattr(rounds, "_publish_report", held_up)
+    # Its worker cannot record it (see LocalReports): only the report's message can.
+    monkeypatch.setattr(rounds.AttemptRunner, "_record_here", fails)
     instance = await env.client.create(ShortTimeout)
     await asyncio.wait_for(published.wait(), 10)
     # Past the lease, and long enough for the sweeps to have seen the run queue empty, were
@@ -246,10 +250,18 @@ class TwoSteps(Workflow):
         return await step.do("second", counted, f"{event.instance_id}:second", 0.0, retries=once)
 
 
-async def test_a_report_that_finds_every_slot_busy_is_recorded_at_once(env: TestEnv) -> None:
+async def test_a_report_that_finds_every_slot_busy_is_recorded_at_once(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The only worker left to take a report has its one slot busy with a long step: the
     report is recorded at once (so no round elsewhere could take its attempt for lost while
     it waited unacked), and the next step runs once the slot is free."""
+
+    async def fails(*args: Any) -> None:
+        raise ConnectionError("the database is away")
+
+    # The worker that ran the step cannot record it (see LocalReports): its message must.
+    monkeypatch.setattr(rounds.AttemptRunner, "_record_here", fails)
     first = await env.start_worker(TwoSteps, shutdown_grace=30)
     instance = await env.client.create(TwoSteps)
     await assert_eventually(lambda: _ran(f"{instance.id}:first"), what="the first step")
@@ -280,7 +292,7 @@ async def test_a_claim_whose_run_never_began_is_released_at_stop(
         began.set()
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(runs_module, "run_claimed", never_runs)
+    monkeypatch.setattr(rounds.AttemptRunner, "run_claimed", never_runs)
     stopping = await env.start_worker(Long, shutdown_grace=0.1)
     instance = await env.client.create(Long)
     await asyncio.wait_for(began.wait(), 10)
