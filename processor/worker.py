@@ -228,7 +228,11 @@ class Worker:
         ingress = IngressConsumer(runtime)
         self._subscribe(await topology.declare_ingress_queue(channel), ingress.handle)
         runs = self._runs = RunConsumer(
-            runtime, self.registry, self.claimant, self._executor, lambda: self._is_consuming
+            runtime,
+            self.registry,
+            self.claimant,
+            self._executor,
+            lambda: self._is_consuming and not self._slots.waited_for(),
         )
         for name in sorted(self.registry):
             run_queue, wake_queue = await topology.declare_run_queues(channel, name)

@@ -48,15 +48,15 @@ class RunConsumer:
         registry: dict[str, type[Workflow[Any]]],
         claimant: Claimant,
         executor: Executor,
-        may_claim: Callable[[], bool],
+        records_here: Callable[[], bool],
     ) -> None:
-        """`may_claim()`: whether the worker takes messages (see AttemptRunner.may_claim)."""
+        """`records_here()`: see AttemptRunner.records_here."""
         self.runtime = runtime
         self.registry = registry
         self.rounds = round_runner(runtime, registry, claimant)
         self.local_reports = LocalReports()
         self.attempts = AttemptRunner(
-            runtime, claimant, executor, self.rounds, self.local_reports, may_claim
+            runtime, claimant, executor, self.rounds, self.local_reports, records_here
         )
 
     async def handle(

@@ -33,6 +33,10 @@ class Slots:
         """Whether an acquire would wait."""
         return self._free == 0
 
+    def waited_for(self) -> bool:
+        """Whether an acquire is waiting."""
+        return any(not waiter.done() for _, _, waiter in self._waiters)
+
     async def acquire(self, *, wake_up: bool = False) -> None:
         if self._free > 0:
             self._free -= 1

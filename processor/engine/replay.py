@@ -81,7 +81,7 @@ class Claimant:
     worker_id: str
     #: (instance id, generation, step key, attempt) of the attempts this process runs now,
     #: from before their claim commits (so no round, however quick, takes them for lost)
-    #: until their report is published.
+    #: until their report is recorded or published.
     running: set[tuple[str, int, str, int]] = field(default_factory=set)
     #: Attempts this process claimed and will not report: cancelled as it stops, claimed for
     #: a round whose submitter was gone, or in a transaction that failed (its commit may have

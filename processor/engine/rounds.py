@@ -16,7 +16,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -63,7 +63,7 @@ log = logging.getLogger("warren.rounds")
 BATCH_SLOTS = 2
 MAX_BATCH = 32
 #: How long publishing a step's report waits before trying again, at first and at most, while
-#: the broker is away (the report exists nowhere else).
+#: the broker is away (until the report is recorded, it exists nowhere else).
 REPORT_RETRY_S = (0.1, 5.0)
 
 
@@ -384,63 +384,69 @@ class LocalReports:
 
 @dataclass
 class AttemptRunner:
-    """Runs the attempts rounds claim, and records their reports (see `run_claimed`)."""
+    """Runs the attempts rounds claim, and reports them (see `run_claimed`)."""
 
     runtime: Runtime
     claimant: Claimant
     executor: Executor
     rounds: RoundRunner
     local_reports: LocalReports
-    #: False while the worker takes no messages (it is stopping): a round here then claims
-    #: nothing, and publishes a run message for any worker to claim the next attempts.
-    may_claim: Callable[[], bool]
+    #: Whether a report may be recorded here (see LocalReports): not while the worker takes
+    #: no messages (it is stopping), nor while deliveries wait for a slot, which a chain of
+    #: steps would keep from them. The report then goes by its message alone, to whichever
+    #: worker takes it next, in a slot like any delivery.
+    records_here: Callable[[], bool]
 
     async def run_claimed(self, work: ClaimedWork) -> None:
-        """Run the claimed attempts concurrently; as each one ends, publish its report and
-        record it in a round here (see `LocalReports`), then run the attempts that round
-        claims, until none is left. So a fast step's result (and lease) never waits for a slow
-        sibling, and an instance's steps follow each other in the slot of the message that
-        started them.
+        """Run the claimed attempts concurrently and report each one as it ends: publish its
+        report and, when the worker may, record it meanwhile in a round here, then run the
+        attempts that round claims, until none is left. So a fast step's result (and lease)
+        never waits for a slow sibling, and an instance's steps follow each other in the slot
+        of the message that started them.
 
         The attempts are in `claimant.running` from before their claim's commit
         (`replay_rounds`) until their report is recorded or published, so a round meanwhile
-        finds them alive in this process; one that ends without a report (cancelled as the
+        finds them alive in this process; one that ends without either (cancelled as the
         worker stops) is dropped: the next round takes it for lost.
         """
-        running: set[asyncio.Task[ClaimedWork | None]] = set()
+        tasks: set[asyncio.Future[None]] = set()
 
-        def start(work: ClaimedWork) -> None:
+        def spawn(work: Awaitable[None]) -> None:
+            tasks.add(asyncio.ensure_future(work))
+
+        def run(work: ClaimedWork) -> None:
             for pending, attempt in zip(work.attempts, work.attempt_keys(), strict=True):
-                running.add(asyncio.create_task(self._run_attempt(work, pending, attempt)))
+                spawn(self._run_attempt(work, pending, attempt, run, spawn))
 
-        start(work)
+        run(work)
         try:
-            while running:
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                running.difference_update(done)
-                for task in done:
-                    error = task.exception()  # one failure must not abandon its siblings
-                    if error is not None:
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                tasks.difference_update(done)
+                for task in done:  # one failure must not abandon its siblings
+                    if not task.cancelled() and (error := task.exception()) is not None:
                         log.error(
                             "reporting a step outcome of %s failed",
                             work.instance_id,
                             exc_info=error,
                         )
-                    elif (claimed := task.result()) is not None:
-                        start(claimed)
         finally:
-            for task in running:  # cancelled: the worker is stopping
+            for task in tasks:  # cancelled: the worker is stopping
                 task.cancel()
-            if running:
-                await asyncio.wait(running)
+            if tasks:
+                await asyncio.wait(tasks)
 
     async def _run_attempt(
-        self, work: ClaimedWork, pending: PendingAttempt, attempt: tuple[str, int, str, int]
-    ) -> ClaimedWork | None:
-        """Run one attempt and report it; returns what the round recording it claimed."""
+        self,
+        work: ClaimedWork,
+        pending: PendingAttempt,
+        attempt: tuple[str, int, str, int],
+        run: Callable[[ClaimedWork], None],
+        spawn: Callable[[Awaitable[None]], None],
+    ) -> None:
+        """Run one attempt and report it (`_report`)."""
         step = pending.step
         metrics = get_metrics()
-        reported = False
         try:
             with (
                 log_context(instance_id=work.instance_id, workflow=work.workflow, step=step.key),
@@ -466,48 +472,68 @@ class AttemptRunner:
                     retry_delay = timedelta(milliseconds=report.retry_after_ms)
                 span.set_outcome(ended, retry_delay=retry_delay, error=outcome.exception)
                 metrics.step_ended(work.workflow, ended, outcome.duration_s)
-            # Outside the attempt's span and log context: the round is the instance's.
-            claimed = await self._report(work, report)
+        except BaseException:
+            self.claimant.drop([attempt])
+            raise
+        # Outside the attempt's span and log context: the round is the instance's.
+        await self._report(work, report, attempt, run, spawn)
+
+    async def _report(
+        self,
+        work: ClaimedWork,
+        report: StepReport,
+        attempt: tuple[str, int, str, int],
+        run: Callable[[ClaimedWork], None],
+        spawn: Callable[[Awaitable[None]], None],
+    ) -> None:
+        """Publish the report's run message and, if `records_here()`, record the report
+        meanwhile in a round here; once that commits, `run` what it claimed, and let the
+        publish go on beside them (`spawn`), given up should the broker be away: the report
+        is recorded. Otherwise, wait for the publish. The attempt counts as reported once the
+        report is recorded or published, and is dropped if neither happened."""
+        report, body = _report_message(work.instance_id, report)
+        message_id = queries.new_message_id()
+        recorded_here = self.local_reports.expect(message_id) if self.records_here() else None
+        publishing = asyncio.ensure_future(
+            _publish_report(
+                self.runtime, work.workflow, report.step, body, message_id, recorded_here
+            )
+        )
+        reported = False
+        try:
+            if recorded_here is not None:
+                claimed: ClaimedWork | None = None
+                recorded = False
+                try:
+                    claimed = await self._record_here(work.instance_id, report)
+                    recorded = True
+                except Exception as error:  # the message's consumer records it
+                    log.warning("recording the report of %s here failed: %r", report.step, error)
+                finally:
+                    recorded_here.set_result(recorded)
+                if recorded:
+                    reported = True
+                    spawn(publishing)
+                    if claimed is not None:
+                        run(claimed)
+                    return
+            await publishing
             reported = True
-            return claimed
+        except BaseException:  # cancelled: the worker is stopping
+            if publishing.done() and not publishing.cancelled() and not publishing.exception():
+                reported = True  # its message will be recorded
+            else:
+                publishing.cancel()
+            raise
         finally:
             if reported:
                 self.claimant.running.discard(attempt)
             else:
                 self.claimant.drop([attempt])
 
-    async def _report(self, work: ClaimedWork, report: StepReport) -> ClaimedWork | None:
-        """Publish the report's run message and, meanwhile, record the report in a round here;
-        returns what that round claimed. Both are done when this returns, so a chain of steps
-        has one report at a time in flight, whatever the broker's pace."""
-        report, body = _report_message(work.instance_id, report)
-        message_id = queries.new_message_id()
-        recorded_here = self.local_reports.expect(message_id)
-        publishing = asyncio.ensure_future(
-            _publish_report(self.runtime, work.workflow, report.step, body, message_id)
-        )
-        claimed: ClaimedWork | None = None
-        recorded = False
-        try:
-            try:
-                claimed = await self._record_here(work.instance_id, report)
-                recorded = True
-            except Exception as error:  # the message's consumer records it
-                log.warning("recording the report of %s here failed: %r", report.step, error)
-            finally:
-                if not recorded_here.done():
-                    recorded_here.set_result(recorded)
-            await publishing
-        except BaseException:  # cancelled: the worker is stopping
-            publishing.cancel()
-            if claimed is not None:  # never to run here
-                self.claimant.drop(claimed.attempt_keys())
-            raise
-        return claimed
-
     async def _record_here(self, instance_id: str, report: StepReport) -> ClaimedWork | None:
         """Record the report in a round of this process; returns what the round claimed."""
-        request = RunRequest(instance_id, report, self.may_claim())
+        request = RunRequest(instance_id, report)
         return await self.runtime.database.retry(lambda: self.rounds.submit(request))
 
 
@@ -528,17 +554,26 @@ def _report_message(instance_id: str, report: StepReport) -> tuple[StepReport, b
 
 
 async def _publish_report(
-    runtime: Runtime, workflow: str, step: str, body: bytes, message_id: str
+    runtime: Runtime,
+    workflow: str,
+    step: str,
+    body: bytes,
+    message_id: str,
+    recorded_here: asyncio.Future[bool] | None,
 ) -> None:
-    """Publish a report as the instance's next run message, with a confirm. It may live only
-    in this process until then, so a failed publish is tried again until it succeeds (the
-    robust connection comes back with the broker) or the worker stops."""
+    """Publish a report as the instance's next run message, with a confirm. Until it is
+    recorded (`recorded_here`, see LocalReports), the report lives only in this process, so
+    a failed publish is tried again until it succeeds (the robust connection comes back with
+    the broker) or the worker stops; once it is recorded, a failed publish is not tried again."""
     wait, most = REPORT_RETRY_S
     while True:
         try:
             await runtime.publisher.publish_run(workflow, body, message_id)
             return
         except Exception as error:  # the broker is away, or the channel is being restored
+            if recorded_here is not None and recorded_here.done() and recorded_here.result():
+                log.info("publishing the report of %s failed; it is recorded: %r", step, error)
+                return
             log.warning("publishing the report of %s failed, trying again: %r", step, error)
             await asyncio.sleep(wait)
             wait = min(wait * 2, most)
