@@ -28,6 +28,8 @@ class Slots:
         #: gave up stays in it, cancelled, until it comes to the top.
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._numbers = itertools.count()
+        #: Acquires waiting now (the heap also holds those that gave up).
+        self._waiting = 0
 
     def locked(self) -> bool:
         """Whether an acquire would wait."""
@@ -35,7 +37,7 @@ class Slots:
 
     def waited_for(self) -> bool:
         """Whether an acquire is waiting."""
-        return any(not waiter.done() for _, _, waiter in self._waiters)
+        return self._waiting > 0
 
     async def acquire(self, *, wake_up: bool = False) -> None:
         if self._free > 0:
@@ -45,12 +47,15 @@ class Slots:
         waiter = loop.create_future()
         arrived = loop.time() - (WAKE_UP_HEAD_START_S if wake_up else 0.0)
         heapq.heappush(self._waiters, (arrived, next(self._numbers), waiter))
+        self._waiting += 1
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot just as it gave up: pass it on
             raise
+        finally:
+            self._waiting -= 1
 
     def release(self) -> None:
         while self._waiters:

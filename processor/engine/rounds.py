@@ -13,6 +13,7 @@ anything, and a report recorded once from being recorded again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -414,11 +415,7 @@ class AttemptRunner:
         def spawn(work: Awaitable[None]) -> None:
             tasks.add(asyncio.ensure_future(work))
 
-        def run(work: ClaimedWork) -> None:
-            for pending, attempt in zip(work.attempts, work.attempt_keys(), strict=True):
-                spawn(self._run_attempt(work, pending, attempt, run, spawn))
-
-        run(work)
+        spawn(self._run_chain(work, spawn))
         try:
             while tasks:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -436,15 +433,28 @@ class AttemptRunner:
             if tasks:
                 await asyncio.wait(tasks)
 
+    async def _run_chain(
+        self, work: ClaimedWork | None, spawn: Callable[[Awaitable[None]], None]
+    ) -> None:
+        """Run the work's attempt, then the one its report's round here claims, and so on, in
+        this task; several attempts at once each in a task of their own (`spawn`)."""
+        while work is not None:
+            if len(work.attempts) > 1:
+                for pending in work.attempts:
+                    spawn(self._run_chain(dataclasses.replace(work, attempts=[pending]), spawn))
+                return
+            [pending] = work.attempts
+            [attempt] = work.attempt_keys()
+            work = await self._run_attempt(work, pending, attempt, spawn)
+
     async def _run_attempt(
         self,
         work: ClaimedWork,
         pending: PendingAttempt,
         attempt: tuple[str, int, str, int],
-        run: Callable[[ClaimedWork], None],
         spawn: Callable[[Awaitable[None]], None],
-    ) -> None:
-        """Run one attempt and report it (`_report`)."""
+    ) -> ClaimedWork | None:
+        """Run one attempt and report it (`_report`); returns what its round here claimed."""
         step = pending.step
         metrics = get_metrics()
         try:
@@ -476,49 +486,53 @@ class AttemptRunner:
             self.claimant.drop([attempt])
             raise
         # Outside the attempt's span and log context: the round is the instance's.
-        await self._report(work, report, attempt, run, spawn)
+        return await self._report(work, report, attempt, spawn)
 
     async def _report(
         self,
         work: ClaimedWork,
         report: StepReport,
         attempt: tuple[str, int, str, int],
-        run: Callable[[ClaimedWork], None],
         spawn: Callable[[Awaitable[None]], None],
-    ) -> None:
+    ) -> ClaimedWork | None:
         """Publish the report's run message and, if `records_here()`, record the report
-        meanwhile in a round here; once that commits, `run` what it claimed, and let the
-        publish go on beside them (`spawn`), given up should the broker be away: the report
-        is recorded. Otherwise, wait for the publish. The attempt counts as reported once the
+        meanwhile in a round here; once that commits, return what it claimed, and let the
+        publish go on beside (`spawn`), given up should the broker be away: the report is
+        recorded. Otherwise, wait for the publish. The attempt counts as reported once the
         report is recorded or published, and is dropped if neither happened."""
         report, body = _report_message(work.instance_id, report)
         message_id = queries.new_message_id()
         recorded_here = self.local_reports.expect(message_id) if self.records_here() else None
-        publishing = asyncio.ensure_future(
-            _publish_report(
-                self.runtime, work.workflow, report.step, body, message_id, recorded_here
-            )
+        publish = _publish_report(
+            self.runtime, work.workflow, report.step, body, message_id, recorded_here
         )
+        if recorded_here is None:
+            try:
+                await publish
+            except BaseException:  # cancelled: the worker is stopping
+                self.claimant.drop([attempt])
+                raise
+            self.claimant.running.discard(attempt)
+            return None
+        publishing = asyncio.ensure_future(publish)
         reported = False
         try:
-            if recorded_here is not None:
-                claimed: ClaimedWork | None = None
-                recorded = False
-                try:
-                    claimed = await self._record_here(work.instance_id, report)
-                    recorded = True
-                except Exception as error:  # the message's consumer records it
-                    log.warning("recording the report of %s here failed: %r", report.step, error)
-                finally:
-                    recorded_here.set_result(recorded)
-                if recorded:
-                    reported = True
-                    spawn(publishing)
-                    if claimed is not None:
-                        run(claimed)
-                    return
+            claimed: ClaimedWork | None = None
+            recorded = False
+            try:
+                claimed = await self._record_here(work.instance_id, report)
+                recorded = True
+            except Exception as error:  # the message's consumer records it
+                log.warning("recording the report of %s here failed: %r", report.step, error)
+            finally:
+                recorded_here.set_result(recorded)
+            if recorded:
+                reported = True
+                spawn(publishing)
+                return claimed
             await publishing
             reported = True
+            return None
         except BaseException:  # cancelled: the worker is stopping
             if publishing.done() and not publishing.cancelled() and not publishing.exception():
                 reported = True  # its message will be recorded

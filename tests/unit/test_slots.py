@@ -85,3 +85,21 @@ async def test_a_slot_handed_to_a_waiter_cancelled_at_that_moment_is_passed_on()
     assert order == ["run"]
     slots.release()
     assert not slots.locked()
+
+
+async def test_waited_for_counts_only_the_acquires_still_waiting() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    assert not slots.waited_for()  # busy, but nobody waits
+    order: list[str] = []
+    gives_up = asyncio.create_task(waiting(slots, order, "gives up"))
+    stays = asyncio.create_task(waiting(slots, order, "stays"))
+    await asyncio.sleep(0)
+    assert slots.waited_for()
+    gives_up.cancel()
+    await asyncio.gather(gives_up, return_exceptions=True)
+    assert slots.waited_for()  # the other still waits
+    slots.release()
+    await stays
+    assert not slots.waited_for()
+    assert order == ["stays"]
