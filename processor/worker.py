@@ -240,7 +240,7 @@ class Worker:
             self._subscribe(
                 run_queue,
                 functools.partial(runs.handle, name),
-                without_slot=functools.partial(runs.recorded_here, name),
+                without_slot=runs.recorded_already,
                 if_no_slot=functools.partial(_record_if_report, record_only),
             )
             self._subscribe(

@@ -30,6 +30,11 @@ ATTEMPT_HEADER = "x-warren-attempt"
 PUBLISH_CHANNELS = 2
 
 
+#: On a run message whose step report the worker that ran the attempt recorded itself, after
+#: that commit (engine/rounds.py, AttemptRunner._report): its consumer acks it at once.
+RECORDED_HEADER = "warren-recorded"
+
+
 class Publisher:
     def __init__(
         self,
@@ -43,15 +48,23 @@ class Publisher:
         self.now = now
 
     async def publish_run(
-        self, workflow: str, body: bytes, message_id: str, wake_at: datetime | None = None
+        self,
+        workflow: str,
+        body: bytes,
+        message_id: str,
+        wake_at: datetime | None = None,
+        *,
+        recorded: bool = False,
     ) -> None:
-        """Publish a run message now, or through the delay cascade to arrive at `wake_at`."""
+        """Publish a run message now, or through the delay cascade to arrive at `wake_at`.
+        `recorded`: the step report it carries is recorded already (RECORDED_HEADER)."""
         # The frame's properties themselves: an aio_pika.Message, built only to be turned into
         # them, cost 2% of a busy worker's CPU (py-spy).
         properties = aiormq.spec.Basic.Properties(
             content_type=JSON,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
             message_id=message_id,
+            headers={RECORDED_HEADER: True} if recorded else None,
         )
         if wake_at is None:
             exchange = self.topology.engine_exchange

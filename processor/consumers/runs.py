@@ -1,6 +1,6 @@
 """The run and wake queues (`{ns}.run.{workflow}`, `{ns}.wake.{workflow}`): advance
 instances, one round per message; a run message may carry the report of a step attempt that
-ended, which the round records first."""
+ended, which the round records first, unless the attempt's worker recorded it already."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from processor.broker.publisher import RECORDED_HEADER
 from processor.consumers.base import FollowUp, Handler
 from processor.consumers.decoding import decode
 from processor.consumers.slots import WAKE_UP_HEAD_START_S
 from processor.engine.replay import Claimant
-from processor.engine.rounds import AttemptRunner, LocalReports, RunRequest, round_runner
+from processor.engine.rounds import AttemptRunner, RunRequest, round_runner
 from processor.runtime import Runtime
 from processor.store import queries
 from processor.workflow import Workflow
@@ -27,6 +28,10 @@ from schemas import MAX_MESSAGE_BYTES, RunInstance
 EARLY_TOLERANCE = timedelta(milliseconds=2)
 #: A step's report carries its result (up to MAX_MESSAGE_BYTES as JSON) or its error.
 MAX_RUN_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
+
+
+async def _nothing_to_do(message: AbstractIncomingMessage) -> None:
+    return None
 
 
 def is_wake_up_group(message: AbstractIncomingMessage) -> bool:
@@ -54,10 +59,7 @@ class RunConsumer:
         self.runtime = runtime
         self.registry = registry
         self.rounds = round_runner(runtime, registry, claimant)
-        self.local_reports = LocalReports()
-        self.attempts = AttemptRunner(
-            runtime, claimant, executor, self.rounds, self.local_reports, records_here
-        )
+        self.attempts = AttemptRunner(runtime, claimant, executor, self.rounds, records_here)
 
     async def handle(
         self,
@@ -90,20 +92,13 @@ class RunConsumer:
             return None
         return functools.partial(self.attempts.run_claimed, work)
 
-    def recorded_here(self, workflow: str, message: AbstractIncomingMessage) -> Handler | None:
-        """A step's report that this process is recording (see LocalReports) is handled, at
-        once and without a slot, by waiting for that round: the message is acked once it
-        committed, or recorded as any report is should it have failed."""
-        recording = self.local_reports.take(message.message_id)
-        if recording is None:
+    @staticmethod
+    def recorded_already(message: AbstractIncomingMessage) -> Handler | None:
+        """A step's report that the worker that ran the attempt recorded before publishing it
+        (RECORDED_HEADER) is acked at once, without a slot: its effects are committed."""
+        if not (message.headers or {}).get(RECORDED_HEADER):
             return None
-
-        async def after_recording(message: AbstractIncomingMessage) -> FollowUp | None:
-            if await asyncio.shield(recording):
-                return None
-            return await self.handle(workflow, message, may_claim=False)
-
-        return after_recording
+        return _nothing_to_do
 
     async def split(self, workflow: str, message: AbstractIncomingMessage) -> None:
         """A wake-up carrying several instances (`is_wake_up_group`), taken on arrival, without

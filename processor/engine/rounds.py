@@ -1,13 +1,13 @@
 """One round of an instance: record the step reports it is given, replay, claim what must
-run; then run it, and report each attempt: publish its report as the instance's next run
-message, and record it meanwhile in a round here (`LocalReports`).
+run; then run it, and report each attempt: record its report in a round here and publish it
+as the instance's next run message (`AttemptRunner._report`).
 
 A round's transaction locks the instance row, so one instance is advanced by one worker at a
 time; step bodies run after it, outside any lock. A step therefore costs one transaction and
-one message: the report is the message, recorded as it is published by the worker that ran
-the attempt, or by the message's consumer should that fail. Fencing (the instance's generation
-and the step's attempt and claim) keeps a late or stale attempt's report from recording
-anything, and a report recorded once from being recorded again.
+one message: the report is the message, recorded by the worker that ran the attempt before
+it is published, or by the message's consumer when that worker does not. Fencing (the
+instance's generation and the step's attempt and claim) keeps a late or stale attempt's
+report from recording anything, and a report recorded once from being recorded again.
 """
 
 from __future__ import annotations
@@ -163,8 +163,8 @@ async def _replay_rounds(
     for request in requests:
         if request.report is not None:
             reports.setdefault(request.instance_id, []).append(request.report)
-    #: Instances whose every request carries a report: a copy of one, or one recorded by the
-    #: worker that ran its attempt (see LocalReports), needs no round.
+    #: Instances whose every request carries a report: a copy of one recorded already needs
+    #: no round.
     only_reports = set(reports) - {
         request.instance_id for request in requests if request.report is None
     }
@@ -347,42 +347,6 @@ async def _advance(
     )
 
 
-class LocalReports:
-    """The reports this process records itself, by their run message's id.
-
-    The worker that ran an attempt submits its report to a round of its own at once, while it
-    publishes the report's run message, and goes on to the attempts that round claims: a step
-    then waits for one transaction rather than a publish, a delivery through a quorum queue
-    and a transaction. The message is still the report's durable copy until that round
-    commits: should this process die first, or the round fail, the message's consumer records
-    it. When the message comes back to this process, it waits for the round here
-    (`RunConsumer.recorded_here`) instead of running another; elsewhere its round finds the
-    report recorded and stops there (`_replay_rounds`).
-
-    Bounded: a message consumed by another worker never comes to take its entry, so the
-    oldest entries go once there are `capacity`; such a message, if it comes after all, runs
-    a round like any other.
-    """
-
-    def __init__(self, capacity: int = 4096) -> None:
-        self._capacity = capacity
-        #: True once the round here committed the report; False if it did not.
-        self._rounds: dict[str, asyncio.Future[bool]] = {}
-
-    def expect(self, message_id: str) -> asyncio.Future[bool]:
-        """A round here is about to record the report of message `message_id`: its future."""
-        future = asyncio.get_running_loop().create_future()
-        self._rounds[message_id] = future
-        while len(self._rounds) > self._capacity:
-            del self._rounds[next(iter(self._rounds))]
-        return future
-
-    def take(self, message_id: str | None) -> asyncio.Future[bool] | None:
-        """The round here recording the report of message `message_id`, if any; forgotten
-        once taken (each message is taken once, and a copy of it runs a round of its own)."""
-        return self._rounds.pop(message_id, None) if message_id is not None else None
-
-
 @dataclass
 class AttemptRunner:
     """Runs the attempts rounds claim, and reports them (see `run_claimed`)."""
@@ -391,9 +355,8 @@ class AttemptRunner:
     claimant: Claimant
     executor: Executor
     rounds: RoundRunner
-    local_reports: LocalReports
-    #: Whether a report may be recorded here (see LocalReports): not while the worker takes
-    #: no messages (it is stopping), nor while deliveries wait for a slot, which a chain of
+    #: Whether a report may be recorded here (see `_report`): not while the worker takes no
+    #: messages (it is stopping), nor while deliveries wait for a slot, which a chain of
     #: steps would keep from them. The report then goes by its message alone, to whichever
     #: worker takes it next, in a slot like any delivery.
     records_here: Callable[[], bool]
@@ -495,50 +458,31 @@ class AttemptRunner:
         attempt: tuple[str, int, str, int],
         spawn: Callable[[Awaitable[None]], None],
     ) -> ClaimedWork | None:
-        """Publish the report's run message and, if `records_here()`, record the report
-        meanwhile in a round here; once that commits, return what it claimed, and let the
-        publish go on beside (`spawn`), given up should the broker be away: the report is
-        recorded. Otherwise, wait for the publish. The attempt counts as reported once the
-        report is recorded or published, and is dropped if neither happened."""
+        """Record the report in a round here, if `records_here()`, and return what that round
+        claimed: the next step starts without waiting for the broker. Its run message is
+        published all the same, once that round has committed, marked as recorded (its
+        consumer acks it at once), beside the next steps (`spawn`), and given up should the
+        broker be away. Otherwise (or should the round fail), the message is the report: it
+        is published with a confirm, tried again until it is, and its consumer records it.
+
+        The attempt counts as reported once its report is recorded or published; it is
+        dropped if neither happened (cancelled as the worker stops): the next round takes
+        it for lost."""
         report, body = _report_message(work.instance_id, report)
-        message_id = queries.new_message_id()
-        recorded_here = self.local_reports.expect(message_id) if self.records_here() else None
-        publish = _publish_report(
-            self.runtime, work.workflow, report.step, body, message_id, recorded_here
-        )
-        if recorded_here is None:
-            try:
-                await publish
-            except BaseException:  # cancelled: the worker is stopping
-                self.claimant.drop([attempt])
-                raise
-            self.claimant.running.discard(attempt)
-            return None
-        publishing = asyncio.ensure_future(publish)
         reported = False
         try:
-            claimed: ClaimedWork | None = None
-            recorded = False
-            try:
-                claimed = await self._record_here(work.instance_id, report)
-                recorded = True
-            except Exception as error:  # the message's consumer records it
-                log.warning("recording the report of %s here failed: %r", report.step, error)
-            finally:
-                recorded_here.set_result(recorded)
-            if recorded:
-                reported = True
-                spawn(publishing)
-                return claimed
-            await publishing
+            if self.records_here():
+                try:
+                    claimed = await self._record_here(work.instance_id, report)
+                except Exception as error:  # its message records it
+                    log.warning("recording the report of %s here failed: %r", report.step, error)
+                else:
+                    reported = True
+                    spawn(_publish_report(self.runtime, work.workflow, report.step, body, True))
+                    return claimed
+            await _publish_report(self.runtime, work.workflow, report.step, body, False)
             reported = True
             return None
-        except BaseException:  # cancelled: the worker is stopping
-            if publishing.done() and not publishing.cancelled() and not publishing.exception():
-                reported = True  # its message will be recorded
-            else:
-                publishing.cancel()
-            raise
         finally:
             if reported:
                 self.claimant.running.discard(attempt)
@@ -568,24 +512,20 @@ def _report_message(instance_id: str, report: StepReport) -> tuple[StepReport, b
 
 
 async def _publish_report(
-    runtime: Runtime,
-    workflow: str,
-    step: str,
-    body: bytes,
-    message_id: str,
-    recorded_here: asyncio.Future[bool] | None,
+    runtime: Runtime, workflow: str, step: str, body: bytes, recorded: bool
 ) -> None:
     """Publish a report as the instance's next run message, with a confirm. Until it is
-    recorded (`recorded_here`, see LocalReports), the report lives only in this process, so
-    a failed publish is tried again until it succeeds (the robust connection comes back with
-    the broker) or the worker stops; once it is recorded, a failed publish is not tried again."""
+    `recorded`, the report lives only in this process, so a failed publish is tried again
+    until it succeeds (the robust connection comes back with the broker) or the worker stops;
+    a recorded one is not tried again."""
+    message_id = queries.new_message_id()
     wait, most = REPORT_RETRY_S
     while True:
         try:
-            await runtime.publisher.publish_run(workflow, body, message_id)
+            await runtime.publisher.publish_run(workflow, body, message_id, recorded=recorded)
             return
         except Exception as error:  # the broker is away, or the channel is being restored
-            if recorded_here is not None and recorded_here.done() and recorded_here.result():
+            if recorded:
                 log.info("publishing the report of %s failed; it is recorded: %r", step, error)
                 return
             log.warning("publishing the report of %s failed, trying again: %r", step, error)

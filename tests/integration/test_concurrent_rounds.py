@@ -228,7 +228,7 @@ async def test_a_report_held_up_in_the_run_queue_past_its_lease_is_recorded(
         raise ConnectionError("the database is away")
 
     monkeypatch.setattr(rounds, "_publish_report", held_up)
-    # Its worker cannot record it (see LocalReports): only the report's message can.
+    # Its worker cannot record it (see AttemptRunner._report): only the report's message can.
     monkeypatch.setattr(rounds.AttemptRunner, "_record_here", fails)
     instance = await env.client.create(ShortTimeout)
     await asyncio.wait_for(published.wait(), 10)
@@ -260,7 +260,7 @@ async def test_a_report_that_finds_every_slot_busy_is_recorded_at_once(
     async def fails(*args: Any) -> None:
         raise ConnectionError("the database is away")
 
-    # The worker that ran the step cannot record it (see LocalReports): its message must.
+    # The worker that ran the step cannot record it (see AttemptRunner._report): its message must.
     monkeypatch.setattr(rounds.AttemptRunner, "_record_here", fails)
     first = await env.start_worker(TwoSteps, shutdown_grace=30)
     instance = await env.client.create(TwoSteps)
