@@ -66,6 +66,8 @@ MAX_BATCH = 32
 #: How long publishing a step's report waits before trying again, at first and at most, while
 #: the broker is away (until the report is recorded, it exists nowhere else).
 REPORT_RETRY_S = (0.1, 5.0)
+#: How long the publish of a report recorded already may take (see `_publish_report`).
+RECORDED_PUBLISH_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -468,9 +470,9 @@ class AttemptRunner:
         The attempt counts as reported once its report is recorded or published; it is
         dropped if neither happened (cancelled as the worker stops): the next round takes
         it for lost."""
-        report, body = _report_message(work.instance_id, report)
         reported = False
         try:
+            report, body = _report_message(work.instance_id, report)
             if self.records_here():
                 try:
                     claimed = await self._record_here(work.instance_id, report)
@@ -517,12 +519,14 @@ async def _publish_report(
     """Publish a report as the instance's next run message, with a confirm. Until it is
     `recorded`, the report lives only in this process, so a failed publish is tried again
     until it succeeds (the robust connection comes back with the broker) or the worker stops;
-    a recorded one is not tried again."""
+    a recorded one is given up after one try or RECORDED_PUBLISH_S (a publish waits, rather
+    than fails, while the robust connection is away)."""
     message_id = queries.new_message_id()
     wait, most = REPORT_RETRY_S
     while True:
         try:
-            await runtime.publisher.publish_run(workflow, body, message_id, recorded=recorded)
+            async with asyncio.timeout(RECORDED_PUBLISH_S if recorded else None):
+                await runtime.publisher.publish_run(workflow, body, message_id, recorded=recorded)
             return
         except Exception as error:  # the broker is away, or the channel is being restored
             if recorded:

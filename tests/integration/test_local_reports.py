@@ -26,8 +26,12 @@ async def trivial(name: str) -> str:
     return name
 
 
+#: Set by a test when the slow step may end.
+SLOW_MAY_END: dict[str, asyncio.Event] = {}
+
+
 async def slow(name: str) -> str:
-    await asyncio.sleep(1.5)
+    await SLOW_MAY_END["event"].wait()
     return name
 
 
@@ -98,11 +102,13 @@ async def test_a_reports_message_is_published_once_its_round_here_committed(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = asyncio.Event()
+    held = asyncio.Event()
     published: list[bool] = []
     record_here = rounds.AttemptRunner._record_here
     publish = rounds._publish_report
 
     async def held_up(self: rounds.AttemptRunner, *args: Any) -> Any:
+        held.set()
         await release.wait()
         return await record_here(self, *args)
 
@@ -115,11 +121,7 @@ async def test_a_reports_message_is_published_once_its_round_here_committed(
     await env.start_worker(ThreeSteps)
     instance = await env.client.create(ThreeSteps)
 
-    async def first_step_ran() -> bool:
-        steps = {step.name: step for step in (await instance.status()).steps}
-        return "a" in steps
-
-    await assert_eventually(first_step_ran, what="the first step to run")
+    await asyncio.wait_for(held.wait(), 20)  # the first step ran, its round here waits
     await asyncio.sleep(0.5)
     assert published == []
     release.set()
@@ -166,6 +168,7 @@ async def test_a_round_given_a_report_recorded_already_replays_nothing(
 async def test_a_stopping_worker_records_its_last_report_and_claims_nothing(
     env: TestEnv,
 ) -> None:
+    SLOW_MAY_END["event"] = asyncio.Event()
     stopping = await env.start_worker(SlowThenQuick, shutdown_grace=30)
     instance = await env.client.create(SlowThenQuick)
 
@@ -175,7 +178,14 @@ async def test_a_stopping_worker_records_its_last_report_and_claims_nothing(
 
     await assert_eventually(slow_started, what="the slow step to start")
     staying = await env.start_worker(SlowThenQuick)
-    await env.stop_worker(stopping)  # waits for the slow step and its report
+    stop = asyncio.create_task(env.stop_worker(stopping))  # waits for the slow step
+
+    async def stopped_consuming() -> bool:
+        return not stopping.is_consuming
+
+    await assert_eventually(stopped_consuming, what="the worker to stop consuming")
+    SLOW_MAY_END["event"].set()
+    await stop
     assert await instance.result(timeout=30) == ["slow", "quick"]
     database = Database(env.backend.database_url, schema=env.backend.schema)
     try:
