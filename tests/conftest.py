@@ -20,6 +20,7 @@ import pytest
 from processor import Client, Worker, Workflow
 from processor.broker.topology import Topology
 from processor.store.database import Database
+from processor.store.tables import StepRow
 
 BROKER_URL = os.environ.get("WARREN_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 POSTGRES_URL = os.environ.get(
@@ -124,6 +125,15 @@ class TestEnv:
         self.workers.append(worker)
         self._workflows.update(w.name for w in workflows)
         return worker
+
+    async def step_row(self, instance_id: str, key: str) -> StepRow | None:
+        """The step's row as the database holds it (what `status()` does not show: its claim)."""
+        database = Database(self.backend.database_url, schema=self.backend.schema)
+        try:
+            async with database.read() as session:
+                return await session.get(StepRow, (instance_id, key))
+        finally:
+            await database.close()
 
     async def stop_worker(self, worker: Worker) -> None:
         self.workers.remove(worker)

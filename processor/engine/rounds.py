@@ -364,11 +364,11 @@ class AttemptRunner:
     records_here: Callable[[], bool]
 
     async def run_claimed(self, work: ClaimedWork) -> None:
-        """Run the claimed attempts concurrently and report each one as it ends: publish its
-        report and, when the worker may, record it meanwhile in a round here, then run the
-        attempts that round claims, until none is left. So a fast step's result (and lease)
-        never waits for a slow sibling, and an instance's steps follow each other in the slot
-        of the message that started them.
+        """Run the claimed attempts concurrently and report each one as it ends (`_report`):
+        when the worker may, record it in a round here and run the attempts that round
+        claims, until none is left. So a fast step's result (and lease) never waits for a slow
+        sibling, and an instance's steps follow each other in the slot of the message that
+        started them.
 
         The attempts are in `claimant.running` from before their claim's commit
         (`replay_rounds`) until their report is recorded or published, so a round meanwhile

@@ -18,8 +18,6 @@ from processor.engine import attempts, rounds
 from processor.engine.replay import REPORT_DELIVERY_GRACE
 from processor.engine.rounds import RunRequest, replay_rounds
 from processor.store import driver
-from processor.store.database import Database
-from processor.store.tables import StepRow
 from tests.conftest import TestEnv, assert_eventually
 
 RUNS: Counter[str] = Counter()
@@ -298,12 +296,7 @@ async def test_a_claim_whose_run_never_began_is_released_at_stop(
     await asyncio.wait_for(began.wait(), 10)
     await env.stop_worker(stopping)
 
-    database = Database(env.backend.database_url, schema=env.backend.schema)
-    try:
-        async with database.read() as session:
-            row = await session.get(StepRow, (instance.id, "long"))
-    finally:
-        await database.close()
+    row = await env.step_row(instance.id, "long")
     assert row is not None
     assert row.status == "running"
     assert row.claimed_by is None  # released: taken for lost by the next round at once

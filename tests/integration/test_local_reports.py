@@ -17,8 +17,6 @@ from processor.consumers.base import FollowUp, Handler
 from processor.engine import rounds
 from processor.engine.attempts import AttemptOutcome, report_of
 from processor.engine.rounds import RunRequest, replay_rounds
-from processor.store.database import Database
-from processor.store.tables import StepRow
 from tests.conftest import TestEnv, assert_eventually
 
 
@@ -187,11 +185,6 @@ async def test_a_stopping_worker_records_its_last_report_and_claims_nothing(
     SLOW_MAY_END["event"].set()
     await stop
     assert await instance.result(timeout=30) == ["slow", "quick"]
-    database = Database(env.backend.database_url, schema=env.backend.schema)
-    try:
-        async with database.read() as session:
-            quick = await session.get(StepRow, (instance.id, "quick"))
-    finally:
-        await database.close()
+    quick = await env.step_row(instance.id, "quick")
     assert quick is not None
     assert quick.claimed_by == staying.claimant.worker_id
