@@ -91,10 +91,11 @@ class ClaimedWork:
 
     def attempt_keys(self) -> list[tuple[str, int, str, int]]:
         """The attempts' keys in `Claimant.running`."""
-        return [
-            (self.instance_id, self.generation, pending.step.key, pending.step.attempt)
-            for pending in self.attempts
-        ]
+        return [self.key_of(pending) for pending in self.attempts]
+
+    def key_of(self, pending: PendingAttempt) -> tuple[str, int, str, int]:
+        """One attempt's key in `Claimant.running`."""
+        return (self.instance_id, self.generation, pending.step.key, pending.step.attempt)
 
 
 #: Advances instances: `replay_rounds` on batches of run requests.
@@ -409,18 +410,14 @@ class AttemptRunner:
                     spawn(self._run_chain(dataclasses.replace(work, attempts=[pending]), spawn))
                 return
             [pending] = work.attempts
-            [attempt] = work.attempt_keys()
-            work = await self._run_attempt(work, pending, attempt, spawn)
+            work = await self._run_attempt(work, pending, spawn)
 
     async def _run_attempt(
-        self,
-        work: ClaimedWork,
-        pending: PendingAttempt,
-        attempt: tuple[str, int, str, int],
-        spawn: Callable[[Awaitable[None]], None],
+        self, work: ClaimedWork, pending: PendingAttempt, spawn: Callable[[Awaitable[None]], None]
     ) -> ClaimedWork | None:
         """Run one attempt and report it (`_report`); returns what its round here claimed."""
         step = pending.step
+        attempt = work.key_of(pending)
         metrics = get_metrics()
         try:
             with (
