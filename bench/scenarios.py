@@ -110,10 +110,10 @@ async def throughput(environment: Environment, sizes: Sizes, workers: int) -> di
     for batch in batches(sizes.instances):
         await environment.client.create_batch(TenSteps, [{} for _ in batch])
     created = time.perf_counter()
-    counts = await _wait_for_total(probe, TenSteps.name, sum(before.values()) + sizes.instances)
+    counts = await wait_for_total(probe, TenSteps.name, sum(before.values()) + sizes.instances)
     elapsed = time.perf_counter() - start
     cpu = meter.stop()
-    _check_all_complete(counts, before, sizes.instances)
+    check_all_complete(counts, before, sizes.instances)
     rss = sum(process_usage(pid).rss_bytes for pid in environment.worker_pids)
     return {
         "instances_per_s": sizes.instances / elapsed,
@@ -191,13 +191,13 @@ async def timers(environment: Environment, sizes: Sizes) -> dict[str, float]:
     for batch in batches(sizes.timers):
         items = [{"params": {"seconds": delays[index]}} for index in batch]
         await environment.client.create_batch(Sleeper, items)
-    counts = await _wait_for_total(
+    counts = await wait_for_total(
         environment.probe,
         Sleeper.name,
         sum(before.values()) + sizes.timers,
         timeout=sizes.timer_max_s + 300,
     )
-    _check_all_complete(counts, before, sizes.timers)
+    check_all_complete(counts, before, sizes.timers)
     sleeps = [
         (seconds, _ms(late)) for seconds, late in await environment.probe.sleeps(Sleeper.name)
     ]
@@ -236,7 +236,7 @@ async def sleeping(environment: Environment, sizes: Sizes) -> dict[str, float]:
     await environment.client.create_batch(
         SleepThenStep, [{"params": {"seconds": TIMER_MIN_S}} for _ in range(warmup_count)]
     )
-    await _wait_for_total(probe, SleepThenStep.name, sum(warmup.values()) + warmup_count)
+    await wait_for_total(probe, SleepThenStep.name, sum(warmup.values()) + warmup_count)
     idle_meter = CpuMeter({"workers": lambda: environment.worker_pids})
     idle_meter.start()
     await asyncio.sleep(sizes.idle_s)
@@ -288,13 +288,13 @@ async def sleeping(environment: Environment, sizes: Sizes) -> dict[str, float]:
     metrics["rss_growth_mb"] = (rss_asleep - idle.rss_bytes) / 2**20
     metrics["threads_asleep"] = float(max(usage.threads for usage in asleep_usage))
 
-    counts = await _wait_for_total(
+    counts = await wait_for_total(
         probe,
         SleepThenStep.name,
         sum(before.values()) + sizes.sleepers,
         timeout=sizes.sleep_s + 1800,
     )
-    _check_all_complete(counts, before, sizes.sleepers)
+    check_all_complete(counts, before, sizes.sleepers)
     sleeps = await probe.sleeps(SleepThenStep.name)
     lateness = [_ms(late) for seconds, late in sleeps if seconds == sizes.sleep_s]
     if min(lateness) < 0:
@@ -360,7 +360,7 @@ def batches(count: int) -> Iterator[range]:
         yield range(start, min(start + MAX_BATCH, count))
 
 
-async def _wait_for_total(
+async def wait_for_total(
     probe: Probe, workflow: str, total: int, timeout: float = 1800.0
 ) -> Counter[str]:
     """Poll the status counts of `workflow` until `total` instances are terminal."""
@@ -374,7 +374,7 @@ async def _wait_for_total(
         await asyncio.sleep(COUNT_POLL_S)
 
 
-def _check_all_complete(counts: Counter[str], before: Counter[str], expected: int) -> None:
+def check_all_complete(counts: Counter[str], before: Counter[str], expected: int) -> None:
     complete = counts[InstanceStatusName.COMPLETE] - before[InstanceStatusName.COMPLETE]
     if complete != expected:
         raise AssertionError(f"{expected - complete} of {expected} instances did not complete")

@@ -232,6 +232,7 @@ class Worker:
             self.registry,
             self.claimant,
             self._executor,
+            self._slots,
             lambda: self._is_consuming and not self._slots.waited_for(),
         )
         for name in sorted(self.registry):
@@ -248,7 +249,7 @@ class Worker:
                 functools.partial(runs.handle, name, wake_up=True),
                 wake_ups=True,
                 without_slot=functools.partial(
-                    _group_without_slot, functools.partial(runs.split, name)
+                    _group_without_slot, functools.partial(runs.wake_group, name)
                 ),
             )
         self._depth_channel = await runtime.connection.channel()
@@ -628,6 +629,6 @@ def _record_if_report(record: Handler, message: AbstractIncomingMessage) -> Hand
     return record if carries_report(message) else None
 
 
-def _group_without_slot(split: Handler, message: AbstractIncomingMessage) -> Handler | None:
-    """A wake-up carrying several instances is split on arrival (see RunConsumer.split)."""
-    return split if is_wake_up_group(message) else None
+def _group_without_slot(wake_group: Handler, message: AbstractIncomingMessage) -> Handler | None:
+    """A wake-up carrying several instances is taken on arrival (see RunConsumer.wake_group)."""
+    return wake_group if is_wake_up_group(message) else None

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -16,13 +17,15 @@ from aio_pika.abc import AbstractIncomingMessage
 from processor.broker.publisher import RECORDED_HEADER
 from processor.consumers.base import FollowUp, Handler
 from processor.consumers.decoding import decode
-from processor.consumers.slots import WAKE_UP_HEAD_START_S
+from processor.consumers.slots import WAKE_UP_HEAD_START_S, Slots
 from processor.engine.replay import Claimant
-from processor.engine.rounds import AttemptRunner, RunRequest, round_runner
+from processor.engine.rounds import AttemptRunner, ClaimedWork, RunRequest, round_runner
 from processor.runtime import Runtime
 from processor.store import queries
 from processor.workflow import Workflow
 from schemas import MAX_MESSAGE_BYTES, RunInstance
+
+log = logging.getLogger("warren.consumers")
 
 #: A wake-up this early is delayed again rather than run (the cascade rounds to 1 ms).
 EARLY_TOLERANCE = timedelta(milliseconds=2)
@@ -53,11 +56,15 @@ class RunConsumer:
         registry: dict[str, type[Workflow[Any]]],
         claimant: Claimant,
         executor: Executor,
+        slots: Slots,
         records_here: Callable[[], bool],
     ) -> None:
-        """`records_here()`: see AttemptRunner.records_here."""
+        """`slots`: the worker's concurrency slots; `records_here()`: see
+        AttemptRunner.records_here."""
         self.runtime = runtime
         self.registry = registry
+        self.claimant = claimant
+        self.slots = slots
         self.rounds = round_runner(runtime, registry, claimant)
         self.attempts = AttemptRunner(runtime, claimant, executor, self.rounds, records_here)
 
@@ -81,7 +88,8 @@ class RunConsumer:
         if await self._delayed_again(workflow, message, command):
             return None
         if command.more_instance_ids:  # in the run queue: a dead one redriven, say
-            await self._split(workflow, command)
+            instance_ids = [command.instance_id, *command.more_instance_ids]
+            await self._publish_wake_ups(workflow, instance_ids, command.wake_at)
             return None
         head_start = WAKE_UP_HEAD_START_S if wake_up else 0.0
         request = RunRequest(command.instance_id, command.report, may_claim)
@@ -100,16 +108,70 @@ class RunConsumer:
             return None
         return _nothing_to_do
 
-    async def split(self, workflow: str, message: AbstractIncomingMessage) -> None:
+    async def wake_group(self, workflow: str, message: AbstractIncomingMessage) -> FollowUp | None:
         """A wake-up carrying several instances (`is_wake_up_group`), taken on arrival, without
-        a slot: published again as one wake-up each, to the wake queue, where each takes a
-        slot of its own (`concurrency` counts instances). Held for a slot instead, the group
+        a slot. As many of its instances as find a slot free now get their rounds here, at
+        once (sharing transactions), and run the steps those claim in those slots; the rest
+        are published again as one wake-up each, to the wake queue, where each waits for a
+        slot of its own (`concurrency` counts instances). Held for slots instead, the group
         would be unacked, and its queue would read as drained to the timer sweep, which would
-        wake every instance in it a second time. A failure requeues the whole, and a copy of a
+        wake every instance in it a second time.
+
+        Published again, every instance cost a publish and a delivery more than a lone
+        wake-up; for many instances waking at once that was a third of the worker's work. A
+        round here that fails (the database is away) is published again too. A failure to
+        publish requeues the whole group and releases what its rounds claimed: a copy of a
         wake-up only costs a round."""
         command = decode(message, RunInstance)
-        if not await self._delayed_again(workflow, message, command):
-            await self._split(workflow, command)
+        if await self._delayed_again(workflow, message, command):
+            return None
+        instance_ids = [command.instance_id, *(command.more_instance_ids or [])]
+        taken = self.slots.take_free(len(instance_ids))
+        here, elsewhere = instance_ids[:taken], instance_ids[taken:]
+        try:
+            await self._publish_wake_ups(workflow, elsewhere, command.wake_at)
+            results = await asyncio.gather(
+                *(self._wake_here(instance_id) for instance_id in here), return_exceptions=True
+            )
+        except BaseException:
+            for _ in here:
+                self.slots.release()
+            raise
+        claimed: list[ClaimedWork] = []
+        unwoken: list[str] = []
+        for instance_id, result in zip(here, results, strict=True):
+            if isinstance(result, ClaimedWork):
+                claimed.append(result)
+                continue
+            self.slots.release()
+            if isinstance(result, BaseException):
+                log.warning("the wake-up round of %s failed: %r", instance_id, result)
+                unwoken.append(instance_id)
+        try:
+            await self._publish_wake_ups(workflow, unwoken, command.wake_at)
+        except BaseException:
+            for work in claimed:
+                self.claimant.drop(work.attempt_keys())
+                self.slots.release()
+            raise
+        return functools.partial(self._run_in_slots, claimed) if claimed else None
+
+    async def _wake_here(self, instance_id: str) -> ClaimedWork | None:
+        request = RunRequest(instance_id)
+        return await self.runtime.database.retry(
+            lambda: self.rounds.submit(request, head_start=WAKE_UP_HEAD_START_S)
+        )
+
+    async def _run_in_slots(self, claimed: list[ClaimedWork]) -> None:
+        """Run each claimed work, releasing its slot as it ends."""
+
+        async def run(work: ClaimedWork) -> None:
+            try:
+                await self.attempts.run_claimed(work)
+            finally:
+                self.slots.release()
+
+        await asyncio.gather(*(run(work) for work in claimed))
 
     async def _delayed_again(
         self, workflow: str, message: AbstractIncomingMessage, command: RunInstance
@@ -124,9 +186,10 @@ class RunConsumer:
         )
         return True
 
-    async def _split(self, workflow: str, command: RunInstance) -> None:
-        wake_at = command.wake_at
-        instance_ids = [command.instance_id, *(command.more_instance_ids or [])]
+    async def _publish_wake_ups(
+        self, workflow: str, instance_ids: list[str], wake_at: datetime | None
+    ) -> None:
+        """Publish a lone wake-up for each instance to the wake queue."""
         await asyncio.gather(
             *(
                 self.runtime.publisher.publish_run(

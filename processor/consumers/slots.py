@@ -39,6 +39,13 @@ class Slots:
         """Whether an acquire is waiting."""
         return self._waiting > 0
 
+    def take_free(self, count: int) -> int:
+        """Take up to `count` of the slots free now, without waiting; returns how many were
+        taken (each is released on its own)."""
+        taken = min(count, self._free)
+        self._free -= taken
+        return taken
+
     async def acquire(self, *, wake_up: bool = False) -> None:
         if self._free > 0:
             self._free -= 1

@@ -1,6 +1,7 @@
 """Instances parked on the same due time in one transaction share one wake-up through the delay
-cascade (`Runtime._group_wake_ups`), which the consumer splits into one wake-up each, on
-arrival, without waiting for a slot."""
+cascade (`Runtime._group_wake_ups`). On arrival, without waiting for a slot, the consumer wakes
+as many of them as find a slot free, and publishes one wake-up each for the rest
+(`RunConsumer.wake_group`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from processor import Workflow, WorkflowEvent, WorkflowStep
-from processor.engine.rounds import RunRequest, replay_rounds
+from processor import Worker, Workflow, WorkflowEvent, WorkflowStep
+from processor.consumers.runs import RunConsumer
+from processor.engine.rounds import ClaimedWork, RunRequest, replay_rounds
 from schemas import RunInstance
 from tests.conftest import TestEnv, assert_eventually
 from tests.integration.helpers import open_wire
@@ -30,7 +32,37 @@ class Nap(Workflow[dict[str, Any]]):
         return await step.do("hello", hello)
 
 
-async def test_instances_parked_together_share_one_wake_up_split_on_arrival(env: TestEnv) -> None:
+def lone_wake_ups(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The instances the worker publishes a wake-up of their own for, from now on."""
+    published: list[str] = []
+    publish_run = worker.runtime.publisher.publish_run
+
+    async def spy(workflow: str, body: bytes, *args: Any, **kwargs: Any) -> None:
+        command = RunInstance.model_validate_json(body)
+        if command.wake_at is not None and not command.more_instance_ids:
+            published.append(command.instance_id)
+        await publish_run(workflow, body, *args, **kwargs)
+
+    monkeypatch.setattr(worker.runtime.publisher, "publish_run", spy)
+    return published
+
+
+async def park_together(env: TestEnv, worker: Worker, count: int) -> list[Any]:
+    """`count` Nap instances, parked in one transaction: one wake-up for all, in 2 s. The
+    worker consumes nothing meanwhile, so no round parks one of them alone."""
+    await worker._stop_consuming()
+    naps = [await env.client.create(Nap) for _ in range(count)]
+    works = await replay_rounds(
+        worker.runtime, worker.registry, worker.claimant, [RunRequest(n.id) for n in naps]
+    )
+    assert works == [None] * count
+    await worker._start_consuming()
+    return naps
+
+
+async def test_instances_parked_together_share_one_wake_up_woken_on_arrival(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     worker = await env.start_worker(Nap)
     await worker._stop_consuming()
     instances = [await env.client.create(Nap) for _ in range(3)]
@@ -52,11 +84,13 @@ async def test_instances_parked_together_share_one_wake_up_split_on_arrival(env:
     assert wake_up.wake_at is not None
     assert sorted([wake_up.instance_id, *(wake_up.more_instance_ids or [])]) == sorted(ids)
 
-    # Back into the queue as it came, for the worker to split.
+    # Back into the queue as it came: every slot is free, so each is woken on arrival.
     await worker.runtime.publisher.publish_run(Nap.name, message.body, "the-group", wake_up.wake_at)
+    published = lone_wake_ups(worker, monkeypatch)
     await worker._start_consuming()
     for instance in instances:
         assert await instance.result(timeout=20) == "hello"
+    assert published == []
 
 
 #: Set by the test: the step of Hold runs until it is.
@@ -76,32 +110,116 @@ class Hold(Workflow[dict[str, Any]]):
         return await step.do("hold", hold)
 
 
-async def test_a_group_is_split_while_every_slot_is_busy_so_no_sweep_takes_it_for_lost(
-    env: TestEnv, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def hold_a_slot(env: TestEnv, worker: Worker) -> Any:
+    """A Hold instance whose step keeps a slot until `release_hold` is set."""
     global release_hold
     release_hold = asyncio.Event()
-    monkeypatch.setattr("processor.worker.SWEEP_INTERVAL_S", 3600.0)  # the test sweeps
-    monkeypatch.setattr("processor.worker.SWEEP_GRACE", timedelta(0))
-    monkeypatch.setattr("processor.worker.CASCADE_LAG", timedelta(0))
-    worker = await env.start_worker(Nap, Hold, concurrency=1)
     holder = await env.client.create(Hold)
 
     async def holding() -> bool:
         return (await holder.status()).status == "running"
 
-    await assert_eventually(holding, what="the only slot to be taken")
-    naps = [await env.client.create(Nap) for _ in range(3)]
-    await replay_rounds(
-        worker.runtime, worker.registry, worker.claimant, [RunRequest(n.id) for n in naps]
-    )
+    await assert_eventually(holding, what="a slot to be taken")
+    return holder
+
+
+async def test_a_group_is_split_while_every_slot_is_busy_so_no_sweep_takes_it_for_lost(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("processor.worker.SWEEP_INTERVAL_S", 3600.0)  # the test sweeps
+    monkeypatch.setattr("processor.worker.SWEEP_GRACE", timedelta(0))
+    monkeypatch.setattr("processor.worker.CASCADE_LAG", timedelta(0))
+    worker = await env.start_worker(Nap, Hold, concurrency=1)
+    holder = await hold_a_slot(env, worker)
+    published = lone_wake_ups(worker, monkeypatch)
+    naps = await park_together(env, worker, 3)
     assert await worker.sweep_overdue_timers() == 0  # not due; the wake queue is seen empty
     await asyncio.sleep(3)  # the group is due (2 s) and has arrived
 
     # Split on arrival, its wake-ups wait in the queue: none is taken for lost.
     assert await worker.sweep_overdue_timers() == 0
+    assert sorted(published) == sorted(nap.id for nap in naps)
 
+    assert release_hold is not None
     release_hold.set()
     assert await holder.result(timeout=20) == "held"
     for nap in naps:
         assert await nap.result(timeout=20) == "hello"
+
+
+async def test_a_group_wakes_here_as_many_as_find_a_free_slot_and_publishes_the_rest(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = await env.start_worker(Nap, Hold, concurrency=2)
+    holder = await hold_a_slot(env, worker)
+    published = lone_wake_ups(worker, monkeypatch)
+    naps = await park_together(env, worker, 3)
+
+    async def woken() -> bool:
+        return len(published) == 2 and (await naps[0].status()).status != "waiting"
+
+    await assert_eventually(woken, timeout=10, what="one woken here, two published")
+    assert release_hold is not None
+    release_hold.set()
+    assert await holder.result(timeout=20) == "held"
+    for nap in naps:
+        assert await nap.result(timeout=20) == "hello"
+    assert len(published) == 2
+
+
+def failing_once(monkeypatch: pytest.MonkeyPatch, runs: RunConsumer, instance_id: str) -> None:
+    """The first round here for `instance_id` fails."""
+    wake_here = runs._wake_here
+    failed = False
+
+    async def flaky(woken: str) -> ClaimedWork | None:
+        nonlocal failed
+        if woken == instance_id and not failed:
+            failed = True
+            raise RuntimeError("a round that fails")
+        return await wake_here(woken)
+
+    monkeypatch.setattr(runs, "_wake_here", flaky)
+
+
+async def test_a_round_here_that_fails_is_published_as_a_wake_up_of_its_own(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = await env.start_worker(Nap)
+    assert worker._runs is not None
+    published = lone_wake_ups(worker, monkeypatch)
+    naps = await park_together(env, worker, 3)
+    failing_once(monkeypatch, worker._runs, naps[1].id)
+
+    for nap in naps:
+        assert await nap.result(timeout=20) == "hello"
+    assert published == [naps[1].id]
+
+
+async def test_a_group_whose_publish_fails_goes_back_to_the_queue_and_its_claims_are_released(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = await env.start_worker(Nap)
+    runs = worker._runs
+    assert runs is not None
+    naps = await park_together(env, worker, 3)
+    failing_once(monkeypatch, runs, naps[1].id)
+    publish_wake_ups = runs._publish_wake_ups
+    calls: list[list[str]] = []
+
+    async def failing_publish(workflow: str, instance_ids: list[str], wake_at: Any) -> None:
+        calls.append(instance_ids)
+        if instance_ids:
+            raise ConnectionError("the broker is away")
+        await publish_wake_ups(workflow, instance_ids, wake_at)
+
+    monkeypatch.setattr(runs, "_publish_wake_ups", failing_publish)
+
+    # Redelivered, the group wakes them all; the attempts its first delivery claimed and
+    # never ran were released, not left waiting for a report that never comes.
+    for nap in naps:
+        assert await nap.result(timeout=20) == "hello"
+    assert [naps[1].id] in calls
+    row = await env.step_row(naps[0].id, "hello")
+    assert row is not None
+    assert row.attempt == 2

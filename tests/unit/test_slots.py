@@ -103,3 +103,17 @@ async def test_waited_for_counts_only_the_acquires_still_waiting() -> None:
     await stays
     assert not slots.waited_for()
     assert order == ["stays"]
+
+
+async def test_take_free_takes_only_the_slots_free_now_and_each_is_released_alone() -> None:
+    slots = Slots(3)
+    await slots.acquire()
+    assert slots.take_free(5) == 2
+    assert slots.locked()
+    assert slots.take_free(1) == 0
+
+    slots.release()
+    assert slots.take_free(2) == 1
+    for _ in range(3):
+        slots.release()
+    assert slots.take_free(3) == 3
