@@ -37,6 +37,10 @@ async def _nothing_to_do(message: AbstractIncomingMessage) -> None:
     return None
 
 
+async def _all_of(tasks: list[asyncio.Task[None]]) -> None:
+    await asyncio.gather(*tasks)
+
+
 def is_wake_up_group(message: AbstractIncomingMessage) -> bool:
     """Whether the message may carry several instances (RunInstance.more_instance_ids): the
     key cannot occur in a lone wake-up's JSON, whose ids and times have no quotes in them."""
@@ -63,7 +67,6 @@ class RunConsumer:
         AttemptRunner.records_here."""
         self.runtime = runtime
         self.registry = registry
-        self.claimant = claimant
         self.slots = slots
         self.rounds = round_runner(runtime, registry, claimant)
         self.attempts = AttemptRunner(runtime, claimant, executor, self.rounds, records_here)
@@ -111,17 +114,17 @@ class RunConsumer:
     async def wake_group(self, workflow: str, message: AbstractIncomingMessage) -> FollowUp | None:
         """A wake-up carrying several instances (`is_wake_up_group`), taken on arrival, without
         a slot. As many of its instances as find a slot free now get their rounds here, at
-        once (sharing transactions), and run the steps those claim in those slots; the rest
-        are published again as one wake-up each, to the wake queue, where each waits for a
-        slot of its own (`concurrency` counts instances). Held for slots instead, the group
-        would be unacked, and its queue would read as drained to the timer sweep, which would
-        wake every instance in it a second time.
+        once (sharing transactions), and each runs the steps its round claims in its slot as
+        soon as that round returns; the rest are published again as one wake-up each, to the
+        wake queue, where each waits for a slot of its own (`concurrency` counts instances).
+        Held for slots instead, the group would be unacked, and its queue would read as
+        drained to the timer sweep, which would wake every instance in it a second time.
 
         Published again, every instance cost a publish and a delivery more than a lone
-        wake-up; for many instances waking at once that was a third of the worker's work. A
-        round here that fails (the database is away) is published again too. A failure to
-        publish requeues the whole group and releases what its rounds claimed: a copy of a
-        wake-up only costs a round."""
+        wake-up. The group is acked once its rounds here have ended; one that failed (the
+        database was away longer than the retries) is published again, and if that fails too
+        its timer, still due in SQL, is left to the timer sweep: the group is not requeued
+        under steps already running."""
         command = decode(message, RunInstance)
         if await self._delayed_again(workflow, message, command):
             return None
@@ -130,31 +133,30 @@ class RunConsumer:
         here, elsewhere = instance_ids[:taken], instance_ids[taken:]
         try:
             await self._publish_wake_ups(workflow, elsewhere, command.wake_at)
-            results = await asyncio.gather(
-                *(self._wake_here(instance_id) for instance_id in here), return_exceptions=True
-            )
         except BaseException:
             for _ in here:
                 self.slots.release()
             raise
-        claimed: list[ClaimedWork] = []
-        unwoken: list[str] = []
+        rounds = [asyncio.create_task(self._wake_here(instance_id)) for instance_id in here]
+        runs = [asyncio.create_task(self._run_in_slot(woken)) for woken in rounds]
+        try:
+            results = await asyncio.gather(*rounds, return_exceptions=True)
+        except BaseException:  # cancelled: the worker is stopping
+            for run in runs:
+                run.cancel()
+            raise
+        unwoken = []
         for instance_id, result in zip(here, results, strict=True):
-            if isinstance(result, ClaimedWork):
-                claimed.append(result)
-                continue
-            self.slots.release()
             if isinstance(result, BaseException):
                 log.warning("the wake-up round of %s failed: %r", instance_id, result)
                 unwoken.append(instance_id)
         try:
             await self._publish_wake_ups(workflow, unwoken, command.wake_at)
-        except BaseException:
-            for work in claimed:
-                self.claimant.drop(work.attempt_keys())
-                self.slots.release()
-            raise
-        return functools.partial(self._run_in_slots, claimed) if claimed else None
+        except Exception as error:
+            log.warning(
+                "publishing wake-ups of %s failed, the timer sweep wakes them: %r", unwoken, error
+            )
+        return functools.partial(_all_of, runs) if runs else None
 
     async def _wake_here(self, instance_id: str) -> ClaimedWork | None:
         request = RunRequest(instance_id)
@@ -162,16 +164,18 @@ class RunConsumer:
             lambda: self.rounds.submit(request, head_start=WAKE_UP_HEAD_START_S)
         )
 
-    async def _run_in_slots(self, claimed: list[ClaimedWork]) -> None:
-        """Run each claimed work, releasing its slot as it ends."""
-
-        async def run(work: ClaimedWork) -> None:
+    async def _run_in_slot(self, woken: asyncio.Task[ClaimedWork | None]) -> None:
+        """Run the attempts the round claims as soon as it returns, in the slot taken for it,
+        and release the slot."""
+        try:
             try:
+                work = await woken
+            except Exception:  # logged, and published again, by wake_group
+                return
+            if work is not None:
                 await self.attempts.run_claimed(work)
-            finally:
-                self.slots.release()
-
-        await asyncio.gather(*(run(work) for work in claimed))
+        finally:
+            self.slots.release()
 
     async def _delayed_again(
         self, workflow: str, message: AbstractIncomingMessage, command: RunInstance
