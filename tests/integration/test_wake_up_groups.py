@@ -232,3 +232,26 @@ async def test_a_failed_round_whose_wake_up_cannot_be_published_is_left_to_the_t
         row = await env.step_row(nap.id, "hello")
         assert row is not None
         assert row.attempt == 1
+
+
+async def test_an_instance_woken_here_runs_its_step_without_waiting_for_the_groups_other_rounds(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = await env.start_worker(Nap)
+    runs = worker._runs
+    assert runs is not None
+    naps = await park_together(env, worker, 2)
+    wake_here = runs._wake_here
+    slow_round_may_end = asyncio.Event()
+
+    async def one_slow_round(instance_id: str) -> ClaimedWork | None:
+        if instance_id == naps[1].id:
+            await slow_round_may_end.wait()
+        return await wake_here(instance_id)
+
+    monkeypatch.setattr(runs, "_wake_here", one_slow_round)
+
+    assert await naps[0].result(timeout=20) == "hello"
+    assert (await naps[1].status()).status == "waiting"
+    slow_round_may_end.set()
+    assert await naps[1].result(timeout=20) == "hello"
