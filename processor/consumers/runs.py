@@ -68,6 +68,9 @@ class RunConsumer:
         self.runtime = runtime
         self.registry = registry
         self.slots = slots
+        #: The tasks running the attempts of instances woken from a group (`_run_in_slot`),
+        #: until they end.
+        self._runners: set[asyncio.Task[None]] = set()
         self.rounds = round_runner(runtime, registry, claimant)
         self.attempts = AttemptRunner(runtime, claimant, executor, self.rounds, records_here)
 
@@ -139,6 +142,9 @@ class RunConsumer:
             raise
         rounds = [asyncio.create_task(self._wake_here(instance_id)) for instance_id in here]
         runs = [asyncio.create_task(self._run_in_slot(woken)) for woken in rounds]
+        self._runners.update(runs)
+        for run in runs:
+            run.add_done_callback(self._runners.discard)
         try:
             results = await asyncio.gather(*rounds, return_exceptions=True)
         except BaseException:  # cancelled: the worker is stopping
@@ -209,6 +215,12 @@ class RunConsumer:
         )
 
     async def aclose(self, timeout: float) -> None:
-        """Wait up to `timeout` for the rounds under way, then cancel them (see
-        `Batcher.aclose`)."""
+        """Cancel the attempts of woken instances still running (their group's handler was
+        cancelled, past the worker's grace, after it had started them), then wait up to
+        `timeout` for the rounds under way, then cancel them (see `Batcher.aclose`)."""
+        runners = set(self._runners)
+        for runner in runners:
+            runner.cancel()
+        if runners:
+            await asyncio.wait(runners)
         await self.rounds.aclose(timeout)

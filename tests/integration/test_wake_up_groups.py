@@ -33,25 +33,29 @@ class Nap(Workflow[dict[str, Any]]):
 
 
 def lone_wake_ups(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The instances the worker publishes a wake-up of their own for, from now on."""
+    """The instances the worker publishes a wake-up of their own for, from now on (each once
+    the broker confirmed it)."""
     published: list[str] = []
     publish_run = worker.runtime.publisher.publish_run
 
     async def spy(workflow: str, body: bytes, *args: Any, **kwargs: Any) -> None:
+        await publish_run(workflow, body, *args, **kwargs)
         command = RunInstance.model_validate_json(body)
         if command.wake_at is not None and not command.more_instance_ids:
-            published.append(command.instance_id)
-        await publish_run(workflow, body, *args, **kwargs)
+            published.append(command.instance_id)  # once confirmed: in the queue
 
     monkeypatch.setattr(worker.runtime.publisher, "publish_run", spy)
     return published
 
 
-async def park_together(env: TestEnv, worker: Worker, count: int) -> list[Any]:
-    """`count` Nap instances, parked in one transaction: one wake-up for all, in 2 s. The
-    worker consumes nothing meanwhile, so no round parks one of them alone."""
+async def park_together(
+    env: TestEnv, worker: Worker, count: int, workflow: type[Workflow[Any]] = Nap
+) -> list[Any]:
+    """`count` instances (of Nap, or another workflow that first sleeps 2 s), parked in one
+    transaction: one wake-up for all, in 2 s. The worker consumes nothing meanwhile, so no
+    round parks one of them alone."""
     await worker._stop_consuming()
-    naps = [await env.client.create(Nap) for _ in range(count)]
+    naps = [await env.client.create(workflow) for _ in range(count)]
     works = await replay_rounds(
         worker.runtime, worker.registry, worker.claimant, [RunRequest(n.id) for n in naps]
     )
@@ -107,6 +111,14 @@ class Hold(Workflow[dict[str, Any]]):
     name = "wake-group-hold"
 
     async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> str:
+        return await step.do("hold", hold)
+
+
+class NapThenHold(Workflow[dict[str, Any]]):
+    name = "wake-group-nap-then-hold"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> str:
+        await step.sleep("nap", "2 seconds")
         return await step.do("hold", hold)
 
 
@@ -205,6 +217,7 @@ async def test_a_round_here_that_fails_is_published_as_a_wake_up_of_its_own(
 async def test_a_failed_round_whose_wake_up_cannot_be_published_is_left_to_the_timer_sweep(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("processor.worker.SWEEP_INTERVAL_S", 3600.0)  # the test sweeps
     monkeypatch.setattr("processor.worker.SWEEP_GRACE", timedelta(0))
     monkeypatch.setattr("processor.worker.CASCADE_LAG", timedelta(0))
     worker = await env.start_worker(Nap)
@@ -223,11 +236,17 @@ async def test_a_failed_round_whose_wake_up_cannot_be_published_is_left_to_the_t
 
     monkeypatch.setattr(runs, "_publish_wake_ups", failing_publish)
 
+    async def given_up() -> bool:
+        return [naps[1].id] in calls
+
+    await assert_eventually(given_up, timeout=10, what="the failed wake-up's publish")
     # The group is acked: the steps the others claimed run once, not again after a
-    # redelivery; the timer of the one left behind is still due in SQL.
-    for nap in naps:
+    # redelivery; the timer of the one left behind is still due in SQL, for the sweep.
+    for nap in (naps[0], naps[2]):
         assert await nap.result(timeout=20) == "hello"
-    assert [naps[1].id] in calls
+    assert (await naps[1].status()).status == "waiting"
+    assert await worker.sweep_overdue_timers() == 1
+    assert await naps[1].result(timeout=20) == "hello"
     for nap in naps:
         row = await env.step_row(nap.id, "hello")
         assert row is not None
@@ -255,3 +274,28 @@ async def test_an_instance_woken_here_runs_its_step_without_waiting_for_the_grou
     assert (await naps[1].status()).status == "waiting"
     slow_round_may_end.set()
     assert await naps[1].result(timeout=20) == "hello"
+
+
+async def test_closing_the_consumer_cancels_the_attempts_of_woken_instances_still_running(
+    env: TestEnv,
+) -> None:
+    """What a group's handler started and could not cancel itself (cancelled past the grace
+    while acking, say) is cancelled as the worker stops, so the attempts it ran are dropped,
+    not released while they go on running here."""
+    global release_hold
+    release_hold = asyncio.Event()
+    worker = await env.start_worker(NapThenHold)
+    runs = worker._runs
+    assert runs is not None
+    await park_together(env, worker, 2, NapThenHold)
+
+    async def holding() -> bool:
+        return len(worker.claimant.running) == 2
+
+    await assert_eventually(holding, timeout=10, what="both woken here, their steps running")
+    running = set(worker.claimant.running)
+    await runs.aclose(0)
+
+    assert worker.claimant.running == set()
+    assert running <= worker.claimant.dropped
+    release_hold.set()
