@@ -64,6 +64,16 @@ async def park_together(
     return naps
 
 
+async def every_slot_given_back(worker: Worker) -> None:
+    """Once the work is done, the worker has every slot free again: none kept, none released
+    twice."""
+
+    async def given_back() -> bool:
+        return worker._slots._free == worker.concurrency
+
+    await assert_eventually(given_back, timeout=10, what="every slot given back")
+
+
 async def test_instances_parked_together_share_one_wake_up_woken_on_arrival(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -95,6 +105,7 @@ async def test_instances_parked_together_share_one_wake_up_woken_on_arrival(
     for instance in instances:
         assert await instance.result(timeout=20) == "hello"
     assert published == []
+    await every_slot_given_back(worker)
 
 
 #: Set by the test: the step of Hold runs until it is.
@@ -181,6 +192,7 @@ async def test_a_group_wakes_here_as_many_as_find_a_free_slot_and_publishes_the_
     for nap in naps:
         assert await nap.result(timeout=20) == "hello"
     assert len(published) == 2
+    await every_slot_given_back(worker)
 
 
 def failing_once(monkeypatch: pytest.MonkeyPatch, runs: RunConsumer, instance_id: str) -> None:
@@ -212,6 +224,7 @@ async def test_a_round_here_that_fails_is_published_as_a_wake_up_of_its_own(
     for nap in naps:
         assert await nap.result(timeout=20) == "hello"
     assert published == [naps[1].id]
+    await every_slot_given_back(worker)
 
 
 async def test_a_failed_round_whose_wake_up_cannot_be_published_is_left_to_the_timer_sweep(
@@ -251,6 +264,7 @@ async def test_a_failed_round_whose_wake_up_cannot_be_published_is_left_to_the_t
         row = await env.step_row(nap.id, "hello")
         assert row is not None
         assert row.attempt == 1
+    await every_slot_given_back(worker)
 
 
 async def test_an_instance_woken_here_runs_its_step_without_waiting_for_the_groups_other_rounds(
@@ -274,6 +288,7 @@ async def test_an_instance_woken_here_runs_its_step_without_waiting_for_the_grou
     assert (await naps[1].status()).status == "waiting"
     slow_round_may_end.set()
     assert await naps[1].result(timeout=20) == "hello"
+    await every_slot_given_back(worker)
 
 
 async def test_closing_the_consumer_cancels_the_attempts_of_woken_instances_still_running(
