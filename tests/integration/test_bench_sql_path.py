@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 from tests.conftest import POSTGRES_URL, require
+from tests.integration.bench_tool import run_bench_tool
 
-ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(
     r"^(sqlite|postgres) +(orm|core|warren|driver) +worker CPU +([\d.]+) ms/step, "
     r"wall +([\d.]+) ms/step$"
@@ -18,12 +15,10 @@ LINE = re.compile(
 
 def test_the_sql_path_benchmark_measures_every_way_on_both_backends() -> None:
     require(POSTGRES_URL, 5432, "PostgreSQL")
-    command = [sys.executable, "-m", "bench.sql_path", "--steps", "20"]
-    command += ["--postgres-url", POSTGRES_URL]
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
+    arguments = ["--steps", "20", "--postgres-url", POSTGRES_URL]
+    output = run_bench_tool("sql_path", arguments, timeout=300)
     found = {}
-    for line in run.stdout.splitlines():
+    for line in output.splitlines():
         match = LINE.match(line)
         assert match, line
         found[match[1], match[2]] = (float(match[3]), float(match[4]))

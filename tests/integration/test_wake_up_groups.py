@@ -64,6 +64,14 @@ async def park_together(
     return naps
 
 
+def sweep_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No sweep but the test's own (`Worker.sweep_overdue_timers`), which takes a timer for
+    lost as soon as it is due and its wake queue was seen empty since."""
+    monkeypatch.setattr("processor.worker.SWEEP_INTERVAL_S", 3600.0)
+    monkeypatch.setattr("processor.worker.SWEEP_GRACE", timedelta(0))
+    monkeypatch.setattr("processor.worker.CASCADE_LAG", timedelta(0))
+
+
 async def every_slot_given_back(worker: Worker) -> None:
     """Once the work is done, the worker has every slot free again: none kept, none released
     twice."""
@@ -149,9 +157,7 @@ async def hold_a_slot(env: TestEnv, worker: Worker) -> Any:
 async def test_a_group_is_split_while_every_slot_is_busy_so_no_sweep_takes_it_for_lost(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("processor.worker.SWEEP_INTERVAL_S", 3600.0)  # the test sweeps
-    monkeypatch.setattr("processor.worker.SWEEP_GRACE", timedelta(0))
-    monkeypatch.setattr("processor.worker.CASCADE_LAG", timedelta(0))
+    sweep_by_hand(monkeypatch)
     worker = await env.start_worker(Nap, Hold, concurrency=1)
     holder = await hold_a_slot(env, worker)
     published = lone_wake_ups(worker, monkeypatch)
@@ -230,9 +236,7 @@ async def test_a_round_here_that_fails_is_published_as_a_wake_up_of_its_own(
 async def test_a_failed_round_whose_wake_up_cannot_be_published_is_left_to_the_timer_sweep(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("processor.worker.SWEEP_INTERVAL_S", 3600.0)  # the test sweeps
-    monkeypatch.setattr("processor.worker.SWEEP_GRACE", timedelta(0))
-    monkeypatch.setattr("processor.worker.CASCADE_LAG", timedelta(0))
+    sweep_by_hand(monkeypatch)
     worker = await env.start_worker(Nap)
     runs = worker._runs
     assert runs is not None
