@@ -437,7 +437,14 @@ class Worker:
         report waits behind a backlog got a round that parked again each time.
         """
         names = sorted(self.registry)
-        await self._note_drained(names, self.runtime.topology.wake_queue, self._wake_drained_at)
+        runs = self._runs
+        assert runs is not None
+        await self._note_drained(
+            names,
+            self.runtime.topology.wake_queue,
+            self._wake_drained_at,
+            unless=runs.holds_wake_ups,
+        )
 
         def find(
             session: AsyncSession, now: datetime
@@ -518,13 +525,18 @@ class Worker:
         return len(instances)
 
     async def _note_drained(
-        self, names: list[str], queue_of: Callable[[str], str], drained_at: dict[str, datetime]
+        self,
+        names: list[str],
+        queue_of: Callable[[str], str],
+        drained_at: dict[str, datetime],
+        unless: Callable[[str], bool] = lambda name: False,
     ) -> bool:
         """Record in `drained_at` the workflows whose queue (`queue_of(workflow)`) has no
         ready message now: the time noted is taken before the read, so whatever was published
         before it was delivered by then. Each queue is read on its own, so one that cannot be
         read (deleted, say) leaves the others' readings, and an earlier reading stays true.
-        Returns whether any was read."""
+        None is recorded for a workflow for which `unless(workflow)` once read (messages of
+        it were delivered and still wait here). Returns whether any was read."""
         channel = self._depth_channel
         if channel is None:
             raise RuntimeError("the worker is not started")
@@ -538,7 +550,7 @@ class Worker:
             except Exception as error:  # the next sweep reads again
                 failures.append(f"{queue}: {error!r}")
                 continue
-            if ready == 0:
+            if ready == 0 and not unless(name):
                 drained_at[name] = read_at
         if failures:
             log.warning("reading queue depths failed: %s", "; ".join(failures))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
@@ -29,6 +30,9 @@ log = logging.getLogger("warren.consumers")
 
 #: A wake-up this early is delayed again rather than run (the cascade rounds to 1 ms).
 EARLY_TOLERANCE = timedelta(milliseconds=2)
+#: A wake-up group's instances wait for slots here while slots are being released; once none
+#: has been for this long, the rest go back to the wake queue, one wake-up each.
+SLOTS_STALLED_S = 1.0
 #: A step's report carries its result (up to MAX_MESSAGE_BYTES as JSON) or its error.
 MAX_RUN_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
 
@@ -71,6 +75,8 @@ class RunConsumer:
         #: The tasks running the attempts of instances woken from a group (`_run_in_slot`),
         #: until they end.
         self._runners: set[asyncio.Task[None]] = set()
+        #: Per workflow, the instances of wake-up groups waiting here for a slot.
+        self._waiting_in_groups: Counter[str] = Counter()
         self.rounds = round_runner(runtime, registry, claimant)
         self.attempts = AttemptRunner(runtime, claimant, executor, self.rounds, records_here)
 
@@ -116,53 +122,66 @@ class RunConsumer:
 
     async def wake_group(self, workflow: str, message: AbstractIncomingMessage) -> FollowUp | None:
         """A wake-up carrying several instances (`is_wake_up_group`), taken on arrival, without
-        a slot. As many of its instances as find a slot free now get their rounds here, at
-        once (sharing transactions), and each runs the steps its round claims in its slot as
-        soon as that round returns; the rest are published again as one wake-up each, to the
-        wake queue, where each waits for a slot of its own (`concurrency` counts instances).
-        Held for slots instead, the group would be unacked, and its queue would read as
-        drained to the timer sweep, which would wake every instance in it a second time.
+        a slot. Its instances take slots one by one, in the order of the wake-ups waiting
+        (the group counts as arrived when it did), and each gets its round as soon as it has
+        one (rounds that start together share transactions), then runs the steps the round
+        claims in its slot. A group waits for as long as slots are being released: its
+        instances wait here as lone wake-ups would have in the queue, without a publish, a
+        delivery and an ack each. Once no slot has been released for SLOTS_STALLED_S (every
+        slot held by a long step, say), the instances still waiting are published as one
+        wake-up each, for whichever worker has a slot. While its instances wait, the worker
+        does not read their wake queue as drained (`holds_wake_ups`), so that its timer
+        sweep does not wake them a second time.
 
-        Published again, every instance cost a publish and a delivery more than a lone
-        wake-up. The group is acked once its rounds here have ended; one that failed (the
-        database was away longer than the retries) is published again, and if that fails too
-        its timer, still due in SQL, is left to the timer sweep: the group is not requeued
-        under steps already running."""
+        The group is acked once its rounds here have ended. A round that failed (the database
+        was away longer than the retries) is published again as a lone wake-up; if a publish
+        fails, the timers, still due in SQL, are left to the timer sweep: the group is not
+        requeued under steps already running (only when none started)."""
         command = decode(message, RunInstance)
         if await self._delayed_again(workflow, message, command):
             return None
         instance_ids = [command.instance_id, *(command.more_instance_ids or [])]
-        taken = self.slots.take_free(len(instance_ids))
-        here, elsewhere = instance_ids[:taken], instance_ids[taken:]
+        arrived = self.slots.arrival(wake_up=True)
+        rounds: list[asyncio.Task[ClaimedWork | None]] = []
+        runs: list[asyncio.Task[None]] = []
+        self._waiting_in_groups[workflow] += len(instance_ids)
         try:
-            await self._publish_wake_ups(workflow, elsewhere, command.wake_at)
-        except BaseException:
-            for _ in here:
-                self.slots.release()
-            raise
-        rounds = [asyncio.create_task(self._wake_here(instance_id)) for instance_id in here]
-        runs = [asyncio.create_task(self._run_in_slot(woken)) for woken in rounds]
-        self._runners.update(runs)
-        for run in runs:
-            run.add_done_callback(self._runners.discard)
-        try:
+            for instance_id in instance_ids:
+                if not await self.slots.acquire_unless_stalled(arrived, SLOTS_STALLED_S):
+                    break
+                self._waiting_in_groups[workflow] -= 1
+                woken = asyncio.create_task(self._wake_here(instance_id))
+                run = asyncio.create_task(self._run_in_slot(woken))
+                rounds.append(woken)
+                runs.append(run)
+                self._runners.add(run)
+                run.add_done_callback(self._runners.discard)
             results = await asyncio.gather(*rounds, return_exceptions=True)
         except BaseException:  # cancelled: the worker is stopping
             for run in runs:
                 run.cancel()
             raise
-        unwoken = []
+        finally:
+            self._waiting_in_groups[workflow] -= len(instance_ids) - len(rounds)
+        here, unwoken = instance_ids[: len(rounds)], instance_ids[len(rounds) :]
         for instance_id, result in zip(here, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("the wake-up round of %s failed: %r", instance_id, result)
                 unwoken.append(instance_id)
+        if not runs:  # nothing started: requeued if this fails
+            await self._publish_wake_ups(workflow, unwoken, command.wake_at)
+            return None
         try:
             await self._publish_wake_ups(workflow, unwoken, command.wake_at)
         except Exception as error:
             log.warning(
                 "publishing wake-ups of %s failed, the timer sweep wakes them: %r", unwoken, error
             )
-        return functools.partial(_all_of, runs) if runs else None
+        return functools.partial(_all_of, runs)
+
+    def holds_wake_ups(self, workflow: str) -> bool:
+        """Whether instances of `workflow` from wake-up groups are waiting here for slots."""
+        return self._waiting_in_groups[workflow] > 0
 
     async def _wake_here(self, instance_id: str) -> ClaimedWork | None:
         request = RunRequest(instance_id)

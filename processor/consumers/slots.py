@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 
 #: A waiting wake-up takes a freed slot before other deliveries that arrived up to this long
 #: before it, and no longer: a steady stream of wake-ups (say, the back-offs of many steps
@@ -30,6 +31,8 @@ class Slots:
         self._numbers = itertools.count()
         #: Acquires waiting now (the heap also holds those that gave up).
         self._waiting = 0
+        #: When a slot was last released (time.monotonic()).
+        self._released_at = float("-inf")
 
     def locked(self) -> bool:
         """Whether an acquire would wait."""
@@ -39,24 +42,41 @@ class Slots:
         """Whether an acquire is waiting."""
         return self._waiting > 0
 
-    def take_free(self, count: int) -> int:
-        """Take up to `count` of the slots free now, without waiting; returns how many were
-        taken (each is released on its own)."""
-        taken = min(count, self._free)
-        self._free -= taken
-        return taken
+    def arrival(self, *, wake_up: bool = False) -> float:
+        """When a request arriving now counts as arrived, in the order of the waiters."""
+        return time.monotonic() - (WAKE_UP_HEAD_START_S if wake_up else 0.0)
 
     async def acquire(self, *, wake_up: bool = False) -> None:
+        await self._acquire(self.arrival(wake_up=wake_up), stalled_after_s=None)
+
+    async def acquire_unless_stalled(self, arrived: float, stalled_after_s: float) -> bool:
+        """Take a slot, counting as arrived at `arrived` (see `arrival`), waiting for as long
+        as slots are being released; give up, taking none, once none has been for
+        `stalled_after_s` (they are all held by long steps, say). Returns whether it took
+        one."""
+        return await self._acquire(arrived, stalled_after_s)
+
+    async def _acquire(self, arrived: float, stalled_after_s: float | None) -> bool:
         if self._free > 0:
             self._free -= 1
-            return
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        arrived = loop.time() - (WAKE_UP_HEAD_START_S if wake_up else 0.0)
+            return True
+        waiter = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (arrived, next(self._numbers), waiter))
         self._waiting += 1
+        asked_at = time.monotonic()
         try:
-            await waiter
+            if stalled_after_s is None:
+                await waiter
+                return True
+            while not waiter.done():
+                last_progress = max(asked_at, self._released_at)
+                remaining = last_progress + stalled_after_s - time.monotonic()
+                if remaining <= 0:
+                    waiter.cancel()  # left in the heap, given up (see release)
+                    return False
+                # Not wait_for: a timeout must not cancel the waiter, which keeps its place.
+                await asyncio.wait({waiter}, timeout=remaining)
+            return True
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot just as it gave up: pass it on
@@ -65,6 +85,7 @@ class Slots:
             self._waiting -= 1
 
     def release(self) -> None:
+        self._released_at = time.monotonic()
         while self._waiters:
             _, _, waiter = heapq.heappop(self._waiters)
             if not waiter.done():  # else it gave up (cancelled)

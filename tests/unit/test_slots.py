@@ -5,6 +5,7 @@ a waiter that gives up neither keeps nor loses a slot."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -105,15 +106,57 @@ async def test_waited_for_counts_only_the_acquires_still_waiting() -> None:
     assert order == ["stays"]
 
 
-async def test_take_free_takes_only_the_slots_free_now_and_each_is_released_alone() -> None:
-    slots = Slots(3)
+async def test_a_group_waits_for_a_slot_as_long_as_slots_are_being_released() -> None:
+    slots = Slots(1)
     await slots.acquire()
-    assert slots.take_free(5) == 2
-    assert slots.locked()
-    assert slots.take_free(1) == 0
-
+    order: list[str] = []
+    first = asyncio.create_task(waiting(slots, order, "first"))
+    await asyncio.sleep(0)
+    group = asyncio.create_task(slots.acquire_unless_stalled(slots.arrival(), 0.1))
+    # Released every 0.06 s, to `first` and back: never 0.1 s without a release, though the
+    # group waits 0.12 s in all.
+    await asyncio.sleep(0.06)
     slots.release()
-    assert slots.take_free(2) == 1
-    for _ in range(3):
-        slots.release()
-    assert slots.take_free(3) == 3
+    await first
+    await asyncio.sleep(0.06)
+    assert not group.done()
+    slots.release()
+    assert await group is True
+    assert order == ["first"]
+    slots.release()
+    assert not slots.locked()
+
+
+async def test_a_group_gives_up_once_no_slot_was_released_for_its_limit_and_takes_none() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    started = time.monotonic()
+    assert await slots.acquire_unless_stalled(slots.arrival(), 0.05) is False
+    assert time.monotonic() - started >= 0.05
+    assert not slots.waited_for()
+    slots.release()  # to nobody: the one that gave up holds none
+    assert not slots.locked()
+    await slots.acquire()
+    assert slots.locked()
+
+
+async def test_a_group_keeps_the_arrival_it_gives_ahead_of_waiters_that_arrived_later() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    arrived = slots.arrival(wake_up=True)
+    await asyncio.sleep(0.01)
+    order: list[str] = []
+    later = asyncio.create_task(waiting(slots, order, "later wake-up", wake_up=True))
+    await asyncio.sleep(0)
+
+    async def group_member() -> None:
+        assert await slots.acquire_unless_stalled(arrived, 10.0)
+        order.append("group")
+
+    group = asyncio.create_task(group_member())
+    await asyncio.sleep(0)
+    slots.release()
+    await group
+    slots.release()
+    await later
+    assert order == ["group", "later wake-up"]
