@@ -33,6 +33,10 @@ EARLY_TOLERANCE = timedelta(milliseconds=2)
 #: A wake-up group's instances wait for slots here while slots are being released; once none
 #: has been for this long, the rest go back to the wake queue, one wake-up each.
 SLOTS_STALLED_S = 1.0
+#: A worker keeps as many of a wake-up group's instances as it expects to give a slot within
+#: this, at the rate its slots are being released: no more of a burst waits on a busy worker
+#: while another may be idle, and the rest go back to the wake queue, one wake-up each.
+GROUP_HOLD_S = 5.0
 #: A step's report carries its result (up to MAX_MESSAGE_BYTES as JSON) or its error.
 MAX_RUN_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
 
@@ -122,16 +126,17 @@ class RunConsumer:
 
     async def wake_group(self, workflow: str, message: AbstractIncomingMessage) -> FollowUp | None:
         """A wake-up carrying several instances (`is_wake_up_group`), taken on arrival, without
-        a slot. Its instances take slots one by one, in the order of the wake-ups waiting
-        (the group counts as arrived when it did), and each gets its round as soon as it has
-        one (rounds that start together share transactions), then runs the steps the round
-        claims in its slot. A group waits for as long as slots are being released: its
-        instances wait here as lone wake-ups would have in the queue, without a publish, a
-        delivery and an ack each. Once no slot has been released for SLOTS_STALLED_S (every
-        slot held by a long step, say), the instances still waiting are published as one
-        wake-up each, for whichever worker has a slot. While its instances wait, the worker
-        does not read their wake queue as drained (`holds_wake_ups`), so that its timer
-        sweep does not wake them a second time.
+        a slot. The worker keeps as many of its instances as it expects to give a slot within
+        GROUP_HOLD_S and publishes one wake-up each for the rest, to the wake queue, for
+        whichever worker has a slot. Those it keeps take slots one by one, in the order of
+        the wake-ups waiting (the group counts as arrived when it did); each gets its round as
+        soon as it has one (rounds that start together share transactions), then runs the
+        steps the round claims in its slot. They wait here as lone wake-ups would have in the
+        queue, without a publish, a delivery and an ack each, for as long as slots are being
+        released: once none has been for SLOTS_STALLED_S (every slot held by a long step,
+        say), those still waiting are published too. While they wait, the worker does not read
+        their wake queue as drained (`holds_wake_ups`), so its timer sweep does not wake them
+        a second time.
 
         The group is acked once its rounds here have ended. A round that failed (the database
         was away longer than the retries) is published again as a lone wake-up; if a publish
@@ -140,7 +145,11 @@ class RunConsumer:
         command = decode(message, RunInstance)
         if await self._delayed_again(workflow, message, command):
             return None
-        instance_ids = [command.instance_id, *(command.more_instance_ids or [])]
+        every_id = [command.instance_id, *(command.more_instance_ids or [])]
+        # Less the instances of groups already waiting here, which take their slots in turn.
+        held = self.slots.takers_within(GROUP_HOLD_S) - self._waiting_in_groups.total()
+        instance_ids, elsewhere = every_id[: max(0, held)], every_id[max(0, held) :]
+        await self._publish_wake_ups(workflow, elsewhere, command.wake_at)  # else requeued
         arrived = self.slots.arrival(wake_up=True)
         rounds: list[asyncio.Task[ClaimedWork | None]] = []
         runs: list[asyncio.Task[None]] = []

@@ -6,11 +6,14 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections import deque
 
 #: A waiting wake-up takes a freed slot before other deliveries that arrived up to this long
 #: before it, and no longer: a steady stream of wake-ups (say, the back-offs of many steps
 #: retrying through an outage) cannot hold runs and commands up for more than this.
 WAKE_UP_HEAD_START_S = 1.0
+#: The rate at which slots are released is counted over this much of the latest past.
+RATE_WINDOW_S = 1.0
 
 
 class Slots:
@@ -31,7 +34,9 @@ class Slots:
         self._numbers = itertools.count()
         #: Acquires waiting now (the heap also holds those that gave up).
         self._waiting = 0
-        #: When a slot was last released (time.monotonic()).
+        #: When slots were released (time.monotonic()) over the last RATE_WINDOW_S, oldest
+        #: first.
+        self._releases: deque[float] = deque()
         self._released_at = float("-inf")
 
     def locked(self) -> bool:
@@ -41,6 +46,13 @@ class Slots:
     def waited_for(self) -> bool:
         """Whether an acquire is waiting."""
         return self._waiting > 0
+
+    def takers_within(self, seconds: float) -> int:
+        """How many more acquires would get a slot within `seconds`, at the rate at which slots
+        were released over the last RATE_WINDOW_S, after those waiting now."""
+        self._forget_old_releases(time.monotonic())
+        expected = int(len(self._releases) / RATE_WINDOW_S * seconds)
+        return self._free + max(0, expected - self._waiting)
 
     def arrival(self, *, wake_up: bool = False) -> float:
         """When a request arriving now counts as arrived, in the order of the waiters."""
@@ -86,9 +98,15 @@ class Slots:
 
     def release(self) -> None:
         self._released_at = time.monotonic()
+        self._releases.append(self._released_at)
+        self._forget_old_releases(self._released_at)
         while self._waiters:
             _, _, waiter = heapq.heappop(self._waiters)
             if not waiter.done():  # else it gave up (cancelled)
                 waiter.set_result(None)
                 return
         self._free += 1
+
+    def _forget_old_releases(self, now: float) -> None:
+        while self._releases and self._releases[0] < now - RATE_WINDOW_S:
+            self._releases.popleft()

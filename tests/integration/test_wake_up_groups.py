@@ -1,7 +1,9 @@
 """Instances parked on the same due time in one transaction share one wake-up through the delay
-cascade (`Runtime._group_wake_ups`). On arrival, without a slot of its own, the consumer wakes them
-one by one as slots free, and publishes one wake-up each for those left once no slot has been
-released for a while (`RunConsumer.wake_group`)."""
+cascade (`Runtime._group_wake_ups`). On arrival, without a slot of its own, the consumer keeps
+as many as it expects to give a slot soon, at the rate its slots are being released (with none
+being released, those free now), and publishes one wake-up each for the rest; those it keeps
+take slots one by one, and those still waiting once no slot has been released for a while are
+published too (`RunConsumer.wake_group`)."""
 
 from __future__ import annotations
 
@@ -154,6 +156,59 @@ async def hold_a_slot(env: TestEnv, worker: Worker) -> Any:
     return holder
 
 
+async def test_a_group_is_split_while_every_slot_is_busy_so_no_sweep_takes_it_for_lost(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep_by_hand(monkeypatch)
+    worker = await env.start_worker(Nap, Hold, concurrency=1)
+    holder = await hold_a_slot(env, worker)
+    published = lone_wake_ups(worker, monkeypatch)
+    naps = await park_together(env, worker, 3)
+    assert await worker.sweep_overdue_timers() == 0  # not due; the wake queue is seen empty
+
+    async def split() -> bool:
+        return len(published) == 3
+
+    await assert_eventually(split, timeout=10, what="the group, due in 2 s, split on arrival")
+    assert sorted(published) == sorted(nap.id for nap in naps)
+    # Its wake-ups wait in the queue for the only slot: none is taken for lost.
+    assert await worker.sweep_overdue_timers() == 0
+
+    assert release_hold is not None
+    release_hold.set()
+    assert await holder.result(timeout=20) == "held"
+    for nap in naps:
+        assert await nap.result(timeout=20) == "hello"
+
+
+async def test_a_group_wakes_here_as_many_as_find_a_free_slot_and_publishes_the_rest(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = await env.start_worker(Nap, Hold, concurrency=2)
+    holder = await hold_a_slot(env, worker)
+    published = lone_wake_ups(worker, monkeypatch)
+    naps = await park_together(env, worker, 3)
+
+    async def woken() -> bool:
+        statuses = [(await nap.status()).status for nap in naps]
+        return len(published) == 2 and statuses.count("waiting") < 3
+
+    await assert_eventually(woken, timeout=10, what="one woken here, two published")
+    assert release_hold is not None
+    release_hold.set()
+    assert await holder.result(timeout=20) == "held"
+    for nap in naps:
+        assert await nap.result(timeout=20) == "hello"
+    assert len(published) == 2
+    await every_slot_given_back(worker)
+
+
+def keep_whole_groups(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker keeps every instance of a group, as if its slots were being released fast
+    enough to give each a slot within GROUP_HOLD_S (Slots.takers_within)."""
+    monkeypatch.setattr(worker._slots, "takers_within", lambda seconds: 100)
+
+
 async def test_a_group_waits_for_a_slot_unswept_and_is_split_once_none_is_released(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,6 +217,7 @@ async def test_a_group_waits_for_a_slot_unswept_and_is_split_once_none_is_releas
     runs = worker._runs
     assert runs is not None
     holder = await hold_a_slot(env, worker)
+    keep_whole_groups(worker, monkeypatch)
     published = lone_wake_ups(worker, monkeypatch)
     naps = await park_together(env, worker, 3)
     assert await worker.sweep_overdue_timers() == 0  # not due; the wake queue is seen empty
@@ -197,6 +253,7 @@ async def test_a_group_wakes_every_instance_here_while_slots_are_being_released(
     # One slot is held throughout; the other goes to the group's instances one after another.
     worker = await env.start_worker(Nap, Hold, concurrency=2)
     holder = await hold_a_slot(env, worker)
+    keep_whole_groups(worker, monkeypatch)
     published = lone_wake_ups(worker, monkeypatch)
     naps = await park_together(env, worker, 3)
 

@@ -160,3 +160,27 @@ async def test_a_group_keeps_the_arrival_it_gives_ahead_of_waiters_that_arrived_
     slots.release()
     await later
     assert order == ["group", "later wake-up"]
+
+
+async def test_takers_within_counts_free_slots_and_releases_expected_less_those_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("processor.consumers.slots.RATE_WINDOW_S", 0.2)
+    slots = Slots(2)
+    assert slots.takers_within(10.0) == 2  # free, and nothing released yet
+    await slots.acquire()
+    for _ in range(10):  # 10 releases in the window: 50 a second
+        slots.release()
+        await slots.acquire()
+    assert slots.takers_within(0.1) == 1 + 5
+    await slots.acquire()
+    order: list[str] = []
+    waiters = [asyncio.create_task(waiting(slots, order, f"run {n}")) for n in range(2)]
+    await asyncio.sleep(0)
+    assert slots.takers_within(0.1) == 5 - 2
+    await asyncio.sleep(0.25)  # the releases are older than the window: forgotten
+    assert slots.takers_within(0.1) == 0
+    for _ in range(2):
+        slots.release()
+    await asyncio.gather(*waiters)
+    assert order == ["run 0", "run 1"]
