@@ -233,7 +233,7 @@ class Worker:
             self.claimant,
             self._executor,
             self._slots,
-            lambda: self._is_consuming and not self._slots.waited_for(),
+            lambda: self._is_consuming,
         )
         for name in sorted(self.registry):
             run_queue, wake_queue = await topology.declare_run_queues(channel, name)
@@ -438,7 +438,8 @@ class Worker:
         """
         names = sorted(self.registry)
         runs = self._runs
-        assert runs is not None
+        if runs is None:
+            raise RuntimeError("the worker is not started")
         await self._note_drained(
             names,
             self.runtime.topology.wake_queue,
@@ -535,8 +536,9 @@ class Worker:
         ready message now: the time noted is taken before the read, so whatever was published
         before it was delivered by then. Each queue is read on its own, so one that cannot be
         read (deleted, say) leaves the others' readings, and an earlier reading stays true.
-        None is recorded for a workflow for which `unless(workflow)` once read (messages of
-        it were delivered and still wait here). Returns whether any was read."""
+        Nothing is recorded for a workflow for which `unless(workflow)` before or after the
+        read (messages of it were delivered and wait here, unacked). Returns whether any was
+        read."""
         channel = self._depth_channel
         if channel is None:
             raise RuntimeError("the worker is not started")
@@ -544,13 +546,14 @@ class Worker:
         for name in names:
             queue = queue_of(name)
             read_at = self.runtime.clock.now()
+            held = unless(name)
             try:
                 async with asyncio.timeout(DEPTH_READ_TIMEOUT_S):
                     ready = await ready_count(channel, queue)
             except Exception as error:  # the next sweep reads again
                 failures.append(f"{queue}: {error!r}")
                 continue
-            if ready == 0 and not unless(name):
+            if ready == 0 and not held and not unless(name):
                 drained_at[name] = read_at
         if failures:
             log.warning("reading queue depths failed: %s", "; ".join(failures))

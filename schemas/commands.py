@@ -95,8 +95,8 @@ class RunInstance(WireModel):
     arrives early is delayed again, and a stale one changes nothing because the replay reads
     the due times from SQL. `more_instance_ids`: other instances due at the same `wake_at`
     (parked in one transaction), carried by one wake-up through the delay cascade instead of
-    one each; the consumer wakes as many as find a free slot, and publishes the rest again
-    as one wake-up each.
+    one each; the consumer keeps as many as it expects to give a slot soon, wakes them as
+    slots free, and publishes the rest again as one wake-up each.
     `report` is set when a step attempt ended: the round records it first (a copy is fenced
     off, as the attempt is no longer running).
     """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -36,7 +37,10 @@ SLOTS_STALLED_S = 1.0
 #: A worker keeps as many of a wake-up group's instances as it expects to give a slot within
 #: this, at the rate its slots are being released: no more of a burst waits on a busy worker
 #: while another may be idle, and the rest go back to the wake queue, one wake-up each.
-GROUP_HOLD_S = 5.0
+GROUP_HOLD_S = 2.0
+#: Those kept go back to the wake queue after this whatever: well within the SWEEP_GRACE
+#: (5 s) after which another worker's timer sweep may take them for lost.
+GROUP_HOLD_LIMIT_S = 4.0
 #: A step's report carries its result (up to MAX_MESSAGE_BYTES as JSON) or its error.
 MAX_RUN_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
 
@@ -69,20 +73,32 @@ class RunConsumer:
         claimant: Claimant,
         executor: Executor,
         slots: Slots,
-        records_here: Callable[[], bool],
+        consuming: Callable[[], bool],
     ) -> None:
-        """`slots`: the worker's concurrency slots; `records_here()`: see
-        AttemptRunner.records_here."""
+        """`slots`: the worker's concurrency slots; `consuming()`: whether the worker is
+        consuming its queues (not stopping)."""
         self.runtime = runtime
         self.registry = registry
         self.slots = slots
-        #: The tasks running the attempts of instances woken from a group (`_run_in_slot`),
+        self.consuming = consuming
+        #: The tasks running the attempts of instances woken from a group (`_run_claimed`),
         #: until they end.
         self._runners: set[asyncio.Task[None]] = set()
-        #: Per workflow, the instances of wake-up groups waiting here for a slot.
-        self._waiting_in_groups: Counter[str] = Counter()
+        #: Per workflow, the instances of wake-up groups kept here, not yet given a slot nor
+        #: published again (`holds_wake_ups`).
+        self._held: Counter[str] = Counter()
+        #: Of those, the ones not yet waiting for a slot: each group asks for one at a time.
+        self._behind = 0
         self.rounds = round_runner(runtime, registry, claimant)
-        self.attempts = AttemptRunner(runtime, claimant, executor, self.rounds, records_here)
+        # A worker records its attempts' reports unless deliveries wait for its slots: the
+        # round would keep the slot for the next step (AttemptRunner.records_here).
+        self.attempts = AttemptRunner(
+            runtime,
+            claimant,
+            executor,
+            self.rounds,
+            lambda: consuming() and not slots.waited_for(),
+        )
 
     async def handle(
         self,
@@ -128,69 +144,91 @@ class RunConsumer:
         """A wake-up carrying several instances (`is_wake_up_group`), taken on arrival, without
         a slot. The worker keeps as many of its instances as it expects to give a slot within
         GROUP_HOLD_S and publishes one wake-up each for the rest, to the wake queue, for
-        whichever worker has a slot. Those it keeps take slots one by one, in the order of
-        the wake-ups waiting (the group counts as arrived when it did); each gets its round as
-        soon as it has one (rounds that start together share transactions), then runs the
-        steps the round claims in its slot. They wait here as lone wake-ups would have in the
-        queue, without a publish, a delivery and an ack each, for as long as slots are being
-        released: once none has been for SLOTS_STALLED_S (every slot held by a long step,
-        say), those still waiting are published too. While they wait, the worker does not read
+        whichever worker has a slot. Those it keeps ask for slots one after another, as
+        wake-ups (consumers/slots.py); each gets its round as soon as it has one (rounds that
+        start together share transactions), then runs the steps the round claims in its slot.
+        They wait here as lone wake-ups would have in the queue, without a publish, a delivery
+        and an ack each, for as long as slots are being released, and no longer than
+        GROUP_HOLD_LIMIT_S: those still waiting once no slot has been released for
+        SLOTS_STALLED_S (every slot held by a long step, say), at that limit, or when the
+        worker stops consuming, are published too. While they wait, the worker does not read
         their wake queue as drained (`holds_wake_ups`), so its timer sweep does not wake them
-        a second time.
+        a second time; another worker's may, once they are SWEEP_GRACE overdue, which only
+        costs a round.
 
         The group is acked once its rounds here have ended. A round that failed (the database
-        was away longer than the retries) is published again as a lone wake-up; if a publish
-        fails, the timers, still due in SQL, are left to the timer sweep: the group is not
-        requeued under steps already running (only when none started)."""
+        was away longer than the retries) is published again as a lone wake-up. If a publish
+        fails, the group is requeued when no round here succeeded; else its timers, still due
+        in SQL, are left to the timer sweep, rather than requeue the group under steps already
+        running."""
         command = decode(message, RunInstance)
         if await self._delayed_again(workflow, message, command):
             return None
+        give_up_at = time.monotonic() + GROUP_HOLD_LIMIT_S
         every_id = [command.instance_id, *(command.more_instance_ids or [])]
-        # Less the instances of groups already waiting here, which take their slots in turn.
-        held = self.slots.takers_within(GROUP_HOLD_S) - self._waiting_in_groups.total()
-        instance_ids, elsewhere = every_id[: max(0, held)], every_id[max(0, held) :]
+        # Less the instances of groups already kept here and not yet waiting for a slot.
+        held = max(0, self.slots.takers_within(GROUP_HOLD_S) - self._behind)
+        instance_ids, elsewhere = every_id[:held], every_id[held:]
         await self._publish_wake_ups(workflow, elsewhere, command.wake_at)  # else requeued
-        arrived = self.slots.arrival(wake_up=True)
         rounds: list[asyncio.Task[ClaimedWork | None]] = []
         runs: list[asyncio.Task[None]] = []
-        self._waiting_in_groups[workflow] += len(instance_ids)
+        self._held[workflow] += len(instance_ids)
+        self._behind += len(instance_ids)
         try:
-            for instance_id in instance_ids:
-                if not await self.slots.acquire_unless_stalled(arrived, SLOTS_STALLED_S):
-                    break
-                self._waiting_in_groups[workflow] -= 1
-                woken = asyncio.create_task(self._wake_here(instance_id))
-                run = asyncio.create_task(self._run_in_slot(woken))
-                rounds.append(woken)
-                runs.append(run)
-                self._runners.add(run)
-                run.add_done_callback(self._runners.discard)
-            results = await asyncio.gather(*rounds, return_exceptions=True)
-        except BaseException:  # cancelled: the worker is stopping
-            for run in runs:
-                run.cancel()
-            raise
-        finally:
-            self._waiting_in_groups[workflow] -= len(instance_ids) - len(rounds)
-        here, unwoken = instance_ids[: len(rounds)], instance_ids[len(rounds) :]
-        for instance_id, result in zip(here, results, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("the wake-up round of %s failed: %r", instance_id, result)
-                unwoken.append(instance_id)
-        if not runs:  # nothing started: requeued if this fails
-            await self._publish_wake_ups(workflow, unwoken, command.wake_at)
-            return None
-        try:
-            await self._publish_wake_ups(workflow, unwoken, command.wake_at)
-        except Exception as error:
-            log.warning(
-                "publishing wake-ups of %s failed, the timer sweep wakes them: %r", unwoken, error
-            )
-        return functools.partial(_all_of, runs)
+            try:
+                for instance_id in instance_ids:
+                    self._behind -= 1  # waiting for a slot: counted by the slots now
+                    try:
+                        taken = await self.slots.acquire_unless_stalled(SLOTS_STALLED_S, give_up_at)
+                    except BaseException:
+                        self._behind += 1
+                        raise
+                    if taken and not self.consuming():  # stopping: no new work here
+                        self.slots.release()
+                        taken = False
+                    if not taken:
+                        self._behind += 1
+                        break
+                    self._held[workflow] -= 1
+                    woken = asyncio.create_task(self._wake_here(instance_id))
+                    run = asyncio.create_task(self._run_claimed(woken))
+                    # Released whenever the run ends, even cancelled before it started.
+                    run.add_done_callback(lambda _: self.slots.release())
+                    rounds.append(woken)
+                    runs.append(run)
+                    self._runners.add(run)
+                    run.add_done_callback(self._runners.discard)
+                results = await asyncio.gather(*rounds, return_exceptions=True)
+            except BaseException:  # cancelled: the worker is stopping
+                for task in (*rounds, *runs):
+                    task.cancel()
+                raise
+            here, unwoken = instance_ids[: len(rounds)], instance_ids[len(rounds) :]
+            for instance_id, result in zip(here, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("the wake-up round of %s failed: %r", instance_id, result)
+                    unwoken.append(instance_id)
+            if all(isinstance(result, BaseException) for result in results):
+                await self._publish_wake_ups(workflow, unwoken, command.wake_at)  # or requeued
+                return None
+            try:
+                await self._publish_wake_ups(workflow, unwoken, command.wake_at)
+            except Exception as error:
+                log.warning(
+                    "publishing wake-ups of %s failed, the timer sweep wakes them: %r",
+                    unwoken,
+                    error,
+                )
+            return functools.partial(_all_of, runs)
+        finally:  # published again, or left to the sweep, or requeued with the group
+            not_started = len(instance_ids) - len(rounds)
+            self._held[workflow] -= not_started
+            self._behind -= not_started
 
     def holds_wake_ups(self, workflow: str) -> bool:
-        """Whether instances of `workflow` from wake-up groups are waiting here for slots."""
-        return self._waiting_in_groups[workflow] > 0
+        """Whether instances of `workflow` from wake-up groups are kept here, neither given a
+        slot nor published again yet."""
+        return self._held[workflow] > 0
 
     async def _wake_here(self, instance_id: str) -> ClaimedWork | None:
         request = RunRequest(instance_id)
@@ -198,18 +236,15 @@ class RunConsumer:
             lambda: self.rounds.submit(request, head_start=WAKE_UP_HEAD_START_S)
         )
 
-    async def _run_in_slot(self, woken: asyncio.Task[ClaimedWork | None]) -> None:
-        """Run the attempts the round claims as soon as it returns, in the slot taken for it,
-        and release the slot."""
+    async def _run_claimed(self, woken: asyncio.Task[ClaimedWork | None]) -> None:
+        """Run the attempts the round claims as soon as it returns (in the slot taken for
+        it, which `wake_group` releases when this ends)."""
         try:
-            try:
-                work = await woken
-            except Exception:  # logged, and published again, by wake_group
-                return
-            if work is not None:
-                await self.attempts.run_claimed(work)
-        finally:
-            self.slots.release()
+            work = await woken
+        except Exception:  # logged, and published again, by wake_group
+            return
+        if work is not None:
+            await self.attempts.run_claimed(work)
 
     async def _delayed_again(
         self, workflow: str, message: AbstractIncomingMessage, command: RunInstance

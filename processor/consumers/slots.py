@@ -54,43 +54,52 @@ class Slots:
         expected = int(len(self._releases) / RATE_WINDOW_S * seconds)
         return self._free + max(0, expected - self._waiting)
 
-    def arrival(self, *, wake_up: bool = False) -> float:
-        """When a request arriving now counts as arrived, in the order of the waiters."""
-        return time.monotonic() - (WAKE_UP_HEAD_START_S if wake_up else 0.0)
-
     async def acquire(self, *, wake_up: bool = False) -> None:
-        await self._acquire(self.arrival(wake_up=wake_up), stalled_after_s=None)
+        await self._acquire(wake_up=wake_up)
 
-    async def acquire_unless_stalled(self, arrived: float, stalled_after_s: float) -> bool:
-        """Take a slot, counting as arrived at `arrived` (see `arrival`), waiting for as long
-        as slots are being released; give up, taking none, once none has been for
-        `stalled_after_s` (they are all held by long steps, say). Returns whether it took
+    async def acquire_unless_stalled(self, stalled_after_s: float, give_up_at: float) -> bool:
+        """Take a slot as a wake-up, waiting for as long as slots are being released: give up,
+        taking none, once none has been for `stalled_after_s` (they are all held by long
+        steps, say), or at `give_up_at` (time.monotonic()) whatever. Returns whether it took
         one."""
-        return await self._acquire(arrived, stalled_after_s)
+        return await self._acquire(
+            wake_up=True, stalled_after_s=stalled_after_s, give_up_at=give_up_at
+        )
 
-    async def _acquire(self, arrived: float, stalled_after_s: float | None) -> bool:
+    async def _acquire(
+        self,
+        *,
+        wake_up: bool,
+        stalled_after_s: float | None = None,
+        give_up_at: float = float("inf"),
+    ) -> bool:
         if self._free > 0:
             self._free -= 1
             return True
+        asked_at = time.monotonic()
+        arrived = asked_at - (WAKE_UP_HEAD_START_S if wake_up else 0.0)
         waiter = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (arrived, next(self._numbers), waiter))
         self._waiting += 1
-        asked_at = time.monotonic()
         try:
             if stalled_after_s is None:
                 await waiter
                 return True
             while not waiter.done():
                 last_progress = max(asked_at, self._released_at)
-                remaining = last_progress + stalled_after_s - time.monotonic()
+                until = min(last_progress + stalled_after_s, give_up_at)
+                remaining = until - time.monotonic()
                 if remaining <= 0:
                     waiter.cancel()  # left in the heap, given up (see release)
                     return False
-                # Not wait_for: a timeout must not cancel the waiter, which keeps its place.
-                await asyncio.wait({waiter}, timeout=remaining)
+                # Not wait_for: a timeout must not cancel the waiter, which keeps its place. At
+                # least 1 ms: the loop's clock may run a little behind time.monotonic().
+                await asyncio.wait({waiter}, timeout=max(remaining, 0.001))
             return True
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
+            if not waiter.done():
+                waiter.cancel()  # asyncio.wait leaves it pending: give it up
+            elif not waiter.cancelled():
                 self.release()  # handed a slot just as it gave up: pass it on
             raise
         finally:

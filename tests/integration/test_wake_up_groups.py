@@ -160,6 +160,7 @@ async def test_a_group_is_split_while_every_slot_is_busy_so_no_sweep_takes_it_fo
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sweep_by_hand(monkeypatch)
+    keep_only_free_slots(monkeypatch)
     worker = await env.start_worker(Nap, Hold, concurrency=1)
     holder = await hold_a_slot(env, worker)
     published = lone_wake_ups(worker, monkeypatch)
@@ -184,6 +185,7 @@ async def test_a_group_is_split_while_every_slot_is_busy_so_no_sweep_takes_it_fo
 async def test_a_group_wakes_here_as_many_as_find_a_free_slot_and_publishes_the_rest(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    keep_only_free_slots(monkeypatch)
     worker = await env.start_worker(Nap, Hold, concurrency=2)
     holder = await hold_a_slot(env, worker)
     published = lone_wake_ups(worker, monkeypatch)
@@ -203,21 +205,29 @@ async def test_a_group_wakes_here_as_many_as_find_a_free_slot_and_publishes_the_
     await every_slot_given_back(worker)
 
 
-def keep_whole_groups(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The worker keeps every instance of a group, as if its slots were being released fast
-    enough to give each a slot within GROUP_HOLD_S (Slots.takers_within)."""
-    monkeypatch.setattr(worker._slots, "takers_within", lambda seconds: 100)
+def keep_only_free_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker keeps as many of a group's instances as it has slots free, as when none were
+    released lately, whatever the slots released before the group arrived."""
+    monkeypatch.setattr("processor.consumers.runs.GROUP_HOLD_S", 0.0)
+
+
+def keep_from_groups(worker: Worker, monkeypatch: pytest.MonkeyPatch, count: int = 100) -> None:
+    """The worker keeps `count` instances of a group, as if its slots were being released
+    fast enough to give each a slot within GROUP_HOLD_S (Slots.takers_within)."""
+    monkeypatch.setattr(worker._slots, "takers_within", lambda seconds: count)
 
 
 async def test_a_group_waits_for_a_slot_unswept_and_is_split_once_none_is_released(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sweep_by_hand(monkeypatch)
+    monkeypatch.setattr("processor.consumers.runs.SLOTS_STALLED_S", 3.0)
+    monkeypatch.setattr("processor.consumers.runs.GROUP_HOLD_LIMIT_S", 60.0)
     worker = await env.start_worker(Nap, Hold, concurrency=1)
     runs = worker._runs
     assert runs is not None
     holder = await hold_a_slot(env, worker)
-    keep_whole_groups(worker, monkeypatch)
+    keep_from_groups(worker, monkeypatch)
     published = lone_wake_ups(worker, monkeypatch)
     naps = await park_together(env, worker, 3)
     assert await worker.sweep_overdue_timers() == 0  # not due; the wake queue is seen empty
@@ -253,7 +263,7 @@ async def test_a_group_wakes_every_instance_here_while_slots_are_being_released(
     # One slot is held throughout; the other goes to the group's instances one after another.
     worker = await env.start_worker(Nap, Hold, concurrency=2)
     holder = await hold_a_slot(env, worker)
-    keep_whole_groups(worker, monkeypatch)
+    keep_from_groups(worker, monkeypatch)
     published = lone_wake_ups(worker, monkeypatch)
     naps = await park_together(env, worker, 3)
 
@@ -263,6 +273,55 @@ async def test_a_group_wakes_every_instance_here_while_slots_are_being_released(
     assert release_hold is not None
     release_hold.set()
     assert await holder.result(timeout=20) == "held"
+    await every_slot_given_back(worker)
+
+
+async def test_a_group_keeps_as_many_as_the_slots_are_expected_to_take_and_publishes_the_rest(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = await env.start_worker(Nap, concurrency=1)
+    keep_from_groups(worker, monkeypatch, 2)
+    published = lone_wake_ups(worker, monkeypatch)
+    naps = await park_together(env, worker, 3)
+
+    for nap in naps:
+        assert await nap.result(timeout=20) == "hello"
+    assert len(published) == 1
+    assert published[0] in {nap.id for nap in naps}
+    await every_slot_given_back(worker)
+
+
+async def test_a_group_waiting_when_the_worker_stops_consuming_publishes_the_rest(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("processor.consumers.runs.GROUP_HOLD_LIMIT_S", 60.0)
+    worker = await env.start_worker(Nap, Hold, concurrency=1)
+    runs = worker._runs
+    assert runs is not None
+    holder = await hold_a_slot(env, worker)
+    keep_from_groups(worker, monkeypatch)
+    published = lone_wake_ups(worker, monkeypatch)
+    naps = await park_together(env, worker, 3)
+
+    async def waiting_here() -> bool:
+        return runs.holds_wake_ups(Nap.name)
+
+    await assert_eventually(waiting_here, timeout=10, what="the group, due in 2 s")
+    stopping = True
+    monkeypatch.setattr(runs, "consuming", lambda: not stopping)
+    assert release_hold is not None
+    release_hold.set()  # its slot goes to the group, which gives it back and publishes all
+
+    async def all_published() -> bool:
+        return len(published) == 3
+
+    await assert_eventually(all_published, timeout=10, what="the group published")
+    assert sorted(published) == sorted(nap.id for nap in naps)
+    assert not runs.holds_wake_ups(Nap.name)
+    assert await holder.result(timeout=20) == "held"
+    stopping = False
+    for nap in naps:
+        assert await nap.result(timeout=20) == "hello"
     await every_slot_given_back(worker)
 
 
@@ -382,4 +441,5 @@ async def test_closing_the_consumer_cancels_the_attempts_of_woken_instances_stil
 
     assert worker.claimant.running == set()
     assert running <= worker.claimant.dropped
+    assert worker._slots._free == worker.concurrency  # theirs given back
     release_hold.set()

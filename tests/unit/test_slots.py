@@ -106,19 +106,22 @@ async def test_waited_for_counts_only_the_acquires_still_waiting() -> None:
     assert order == ["stays"]
 
 
+FOREVER = float("inf")
+
+
 async def test_a_group_waits_for_a_slot_as_long_as_slots_are_being_released() -> None:
     slots = Slots(1)
     await slots.acquire()
     order: list[str] = []
-    first = asyncio.create_task(waiting(slots, order, "first"))
+    first = asyncio.create_task(waiting(slots, order, "first", wake_up=True))
     await asyncio.sleep(0)
-    group = asyncio.create_task(slots.acquire_unless_stalled(slots.arrival(), 0.1))
-    # Released every 0.06 s, to `first` and back: never 0.1 s without a release, though the
-    # group waits 0.12 s in all.
-    await asyncio.sleep(0.06)
+    group = asyncio.create_task(slots.acquire_unless_stalled(0.2, FOREVER))
+    # Released every 0.12 s, to `first` and back: never 0.2 s without a release, though the
+    # group waits 0.24 s in all.
+    await asyncio.sleep(0.12)
     slots.release()
     await first
-    await asyncio.sleep(0.06)
+    await asyncio.sleep(0.12)
     assert not group.done()
     slots.release()
     assert await group is True
@@ -131,7 +134,7 @@ async def test_a_group_gives_up_once_no_slot_was_released_for_its_limit_and_take
     slots = Slots(1)
     await slots.acquire()
     started = time.monotonic()
-    assert await slots.acquire_unless_stalled(slots.arrival(), 0.05) is False
+    assert await slots.acquire_unless_stalled(0.05, FOREVER) is False
     assert time.monotonic() - started >= 0.05
     assert not slots.waited_for()
     slots.release()  # to nobody: the one that gave up holds none
@@ -140,26 +143,35 @@ async def test_a_group_gives_up_once_no_slot_was_released_for_its_limit_and_take
     assert slots.locked()
 
 
-async def test_a_group_keeps_the_arrival_it_gives_ahead_of_waiters_that_arrived_later() -> None:
+async def test_a_group_gives_up_at_its_deadline_though_slots_are_being_released() -> None:
     slots = Slots(1)
     await slots.acquire()
-    arrived = slots.arrival(wake_up=True)
-    await asyncio.sleep(0.01)
     order: list[str] = []
-    later = asyncio.create_task(waiting(slots, order, "later wake-up", wake_up=True))
+    ahead = [
+        asyncio.create_task(waiting(slots, order, f"wake-up {n}", wake_up=True)) for n in range(3)
+    ]
     await asyncio.sleep(0)
+    group = asyncio.create_task(slots.acquire_unless_stalled(10.0, time.monotonic() + 0.1))
+    for _ in range(2):  # a release every 0.06 s, each to a wake-up ahead of the group
+        await asyncio.sleep(0.06)
+        slots.release()
+    assert await group is False
+    for _ in range(2):
+        slots.release()
+    await asyncio.gather(*ahead)
+    assert order == ["wake-up 0", "wake-up 1", "wake-up 2"]
 
-    async def group_member() -> None:
-        assert await slots.acquire_unless_stalled(arrived, 10.0)
-        order.append("group")
 
-    group = asyncio.create_task(group_member())
-    await asyncio.sleep(0)
-    slots.release()
-    await group
-    slots.release()
-    await later
-    assert order == ["group", "later wake-up"]
+async def test_a_group_cancelled_while_it_waits_neither_keeps_nor_loses_a_slot() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    group = asyncio.create_task(slots.acquire_unless_stalled(10.0, FOREVER))
+    await asyncio.sleep(0.01)
+    group.cancel()
+    await asyncio.gather(group, return_exceptions=True)
+    assert not slots.waited_for()
+    slots.release()  # to nobody: the cancelled one gave its place up
+    assert not slots.locked()
 
 
 async def test_takers_within_counts_free_slots_and_releases_expected_less_those_waiting(
