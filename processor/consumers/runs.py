@@ -169,14 +169,17 @@ class RunConsumer:
         # Less the instances of groups already kept here and not yet waiting for a slot.
         held = max(0, self.slots.takers_within(GROUP_HOLD_S) - self._behind)
         instance_ids, elsewhere = every_id[:held], every_id[held:]
-        await self._publish_wake_ups(workflow, elsewhere, command.wake_at)  # else requeued
         rounds: list[asyncio.Task[ClaimedWork | None]] = []
         runs: list[asyncio.Task[None]] = []
+        # Counted from now: the group is unacked, so its queue may read as drained already.
         self._held[workflow] += len(instance_ids)
         self._behind += len(instance_ids)
         try:
+            await self._publish_wake_ups(workflow, elsewhere, command.wake_at)  # else requeued
             try:
                 for instance_id in instance_ids:
+                    if not self.consuming():  # stopping: no new work here
+                        break
                     self._behind -= 1  # waiting for a slot: counted by the slots now
                     try:
                         taken = await self.slots.acquire_unless_stalled(SLOTS_STALLED_S, give_up_at)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -217,11 +218,19 @@ def keep_from_groups(worker: Worker, monkeypatch: pytest.MonkeyPatch, count: int
     monkeypatch.setattr(worker._slots, "takers_within", lambda seconds: count)
 
 
-async def test_a_group_waits_for_a_slot_unswept_and_is_split_once_none_is_released(
+def no_longer_held(runs: RunConsumer) -> Callable[[], Awaitable[bool]]:
+    async def released() -> bool:
+        return not runs.holds_wake_ups(Nap.name)
+
+    return released
+
+
+async def a_group_waiting_for_a_held_slot(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sweep_by_hand(monkeypatch)
-    monkeypatch.setattr("processor.consumers.runs.SLOTS_STALLED_S", 3.0)
+) -> tuple[Worker, RunConsumer, Any, list[str], list[Any]]:
+    """A worker with one slot, held by a Hold instance (its holder), and a group of three Nap
+    instances, due, kept whole and waiting for that slot, with no limit but the stall; the
+    instances the worker publishes a wake-up of their own for from then on."""
     monkeypatch.setattr("processor.consumers.runs.GROUP_HOLD_LIMIT_S", 60.0)
     worker = await env.start_worker(Nap, Hold, concurrency=1)
     runs = worker._runs
@@ -230,12 +239,20 @@ async def test_a_group_waits_for_a_slot_unswept_and_is_split_once_none_is_releas
     keep_from_groups(worker, monkeypatch)
     published = lone_wake_ups(worker, monkeypatch)
     naps = await park_together(env, worker, 3)
-    assert await worker.sweep_overdue_timers() == 0  # not due; the wake queue is seen empty
 
     async def waiting_here() -> bool:
         return runs.holds_wake_ups(Nap.name)
 
     await assert_eventually(waiting_here, timeout=10, what="the group, due in 2 s")
+    return worker, runs, holder, published, naps
+
+
+async def test_a_group_waits_for_a_slot_unswept_and_is_split_once_none_is_released(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep_by_hand(monkeypatch)
+    monkeypatch.setattr("processor.consumers.runs.SLOTS_STALLED_S", 3.0)
+    worker, runs, holder, published, naps = await a_group_waiting_for_a_held_slot(env, monkeypatch)
     # Due, and its queue empty, but the group waits here: none is taken for lost.
     assert await worker.sweep_overdue_timers() == 0
     assert published == []
@@ -245,7 +262,7 @@ async def test_a_group_waits_for_a_slot_unswept_and_is_split_once_none_is_releas
 
     await assert_eventually(split, timeout=10, what="the group split, no slot released")
     assert sorted(published) == sorted(nap.id for nap in naps)
-    assert not runs.holds_wake_ups(Nap.name)
+    await assert_eventually(no_longer_held(runs), what="the group no longer held")
     # Its wake-ups wait in the queue for the only slot: none is taken for lost.
     assert await worker.sweep_overdue_timers() == 0
 
@@ -260,7 +277,9 @@ async def test_a_group_waits_for_a_slot_unswept_and_is_split_once_none_is_releas
 async def test_a_group_wakes_every_instance_here_while_slots_are_being_released(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # One slot is held throughout; the other goes to the group's instances one after another.
+    # One slot is held throughout; the other goes to the group's instances one after another,
+    # however slow the machine.
+    monkeypatch.setattr("processor.consumers.runs.SLOTS_STALLED_S", 30.0)
     worker = await env.start_worker(Nap, Hold, concurrency=2)
     holder = await hold_a_slot(env, worker)
     keep_from_groups(worker, monkeypatch)
@@ -294,19 +313,7 @@ async def test_a_group_keeps_as_many_as_the_slots_are_expected_to_take_and_publi
 async def test_a_group_waiting_when_the_worker_stops_consuming_publishes_the_rest(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("processor.consumers.runs.GROUP_HOLD_LIMIT_S", 60.0)
-    worker = await env.start_worker(Nap, Hold, concurrency=1)
-    runs = worker._runs
-    assert runs is not None
-    holder = await hold_a_slot(env, worker)
-    keep_from_groups(worker, monkeypatch)
-    published = lone_wake_ups(worker, monkeypatch)
-    naps = await park_together(env, worker, 3)
-
-    async def waiting_here() -> bool:
-        return runs.holds_wake_ups(Nap.name)
-
-    await assert_eventually(waiting_here, timeout=10, what="the group, due in 2 s")
+    worker, runs, holder, published, naps = await a_group_waiting_for_a_held_slot(env, monkeypatch)
     stopping = True
     monkeypatch.setattr(runs, "consuming", lambda: not stopping)
     assert release_hold is not None
@@ -317,7 +324,7 @@ async def test_a_group_waiting_when_the_worker_stops_consuming_publishes_the_res
 
     await assert_eventually(all_published, timeout=10, what="the group published")
     assert sorted(published) == sorted(nap.id for nap in naps)
-    assert not runs.holds_wake_ups(Nap.name)
+    await assert_eventually(no_longer_held(runs), what="the group no longer held")
     assert await holder.result(timeout=20) == "held"
     stopping = False
     for nap in naps:
