@@ -9,6 +9,7 @@ import gc
 import logging
 import signal
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -154,6 +155,8 @@ class Worker:
         #: Per workflow, when its wake queue was last seen with no ready message (DB clock;
         #: the run queues' readings are the Claimant's `run_drained_at`).
         self._wake_drained_at: dict[str, datetime] = {}
+        #: Per queue, its deliveries waiting for a slot (unacked, so not counted as ready).
+        self._waiting_for_slots: Counter[str] = Counter()
 
     @property
     def is_consuming(self) -> bool:
@@ -297,6 +300,7 @@ class Worker:
             fallback = if_no_slot(message) if if_no_slot is not None else None
             # Prefetch is per queue (quorum queues have no channel-wide QoS): the slots make
             # `concurrency` a limit for the whole worker.
+            self._waiting_for_slots[queue.name] += 1
             try:
                 if self._slots.locked():  # a timer only when it may wait (2% of the CPU)
                     async with asyncio.timeout(REPORT_SLOT_WAIT_S if fallback else SLOT_WAIT_S):
@@ -311,6 +315,8 @@ class Worker:
                 # would pass the broker's consumer_timeout, which closes the whole channel.
                 await hand_back(self.runtime, queue.name, message)
                 return
+            finally:
+                self._waiting_for_slots[queue.name] -= 1
             try:
                 await settle(self.runtime, queue.name, message, handler)
             finally:
@@ -437,14 +443,8 @@ class Worker:
         report waits behind a backlog got a round that parked again each time.
         """
         names = sorted(self.registry)
-        runs = self._runs
-        if runs is None:
-            raise RuntimeError("the worker is not started")
         await self._note_drained(
-            names,
-            self.runtime.topology.wake_queue,
-            self._wake_drained_at,
-            unless=runs.holds_wake_ups,
+            names, self.runtime.topology.wake_queue, self._wake_drained_at, self._holds_wake_ups
         )
 
         def find(
@@ -464,6 +464,14 @@ class Worker:
             return queries.overdue_steps(session, timer_cutoffs, lease_cutoffs, 500)
 
         return await self._wake(find, "overdue timers")
+
+    def _holds_wake_ups(self, workflow: str) -> bool:
+        """Whether wake-ups of `workflow` were delivered here and wait for slots, unacked
+        (lone ones, or instances of groups: RunConsumer.holds_wake_ups)."""
+        if self._runs is None:
+            raise RuntimeError("the worker is not started")
+        wake_queue = self.runtime.topology.wake_queue(workflow)
+        return self._waiting_for_slots[wake_queue] > 0 or self._runs.holds_wake_ups(workflow)
 
     async def sweep_orphaned_attempts(self) -> int:
         """Wake instances with a running attempt whose worker stopped beating (it crashed)

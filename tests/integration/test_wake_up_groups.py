@@ -274,6 +274,28 @@ async def test_a_group_waits_for_a_slot_unswept_and_is_split_once_none_is_releas
     await every_slot_given_back(worker)
 
 
+async def test_a_lone_wake_up_waiting_here_for_a_slot_is_not_swept_either(
+    env: TestEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep_by_hand(monkeypatch)
+    worker = await env.start_worker(Nap, Hold, concurrency=1)
+    holder = await hold_a_slot(env, worker)
+    (nap,) = await park_together(env, worker, 1)  # alone: a wake-up of its own
+    wake_queue = worker.runtime.topology.wake_queue(Nap.name)
+
+    async def waiting_here() -> bool:
+        return worker._waiting_for_slots[wake_queue] == 1
+
+    await assert_eventually(waiting_here, timeout=10, what="the wake-up, due in 2 s")
+    # Due, and its queue empty, but the wake-up waits here, unacked: not taken for lost.
+    assert await worker.sweep_overdue_timers() == 0
+    assert release_hold is not None
+    release_hold.set()
+    assert await holder.result(timeout=20) == "held"
+    assert await nap.result(timeout=20) == "hello"
+    await every_slot_given_back(worker)
+
+
 async def test_a_group_wakes_every_instance_here_while_slots_are_being_released(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
