@@ -38,8 +38,8 @@ SLOTS_STALLED_S = 1.0
 #: this, at the rate its slots are being released: no more of a burst waits on a busy worker
 #: while another may be idle, and the rest go back to the wake queue, one wake-up each. An
 #: idle worker's timer sweep may take those kept for lost once they are SWEEP_GRACE (5 s)
-#: overdue, which costs the busy worker a round each; 2 s instead measured a p99 wake
-#: lateness of 5.0 s against 2.7-3.2 s in the benchmark's burst of 10,000 sleepers.
+#: overdue, which costs the busy worker a round each. (2 s, with a limit of 4 s, sent the tail
+#: of the benchmark's burst of 10,000 sleepers back to the end of the wake queue.)
 GROUP_HOLD_S = 5.0
 #: Those kept and still waiting after this go back to the wake queue whatever (the slots were
 #: released quickly when the group came, slowly since): far within RabbitMQ's consumer_timeout

@@ -157,6 +157,25 @@ async def hold_a_slot(env: TestEnv, worker: Worker) -> Any:
     return holder
 
 
+async def published_one_each(published: list[str], naps: list[Any], what: str) -> None:
+    """Wait until a wake-up of its own was published for each of `naps`, and no other."""
+
+    async def every_one() -> bool:
+        return len(published) == len(naps)
+
+    await assert_eventually(every_one, timeout=10, what=what)
+    assert sorted(published) == sorted(nap.id for nap in naps)
+
+
+async def release_the_hold_and_finish(holder: Any, naps: list[Any]) -> None:
+    """Let the Hold instance's step end, and see it and every one of `naps` complete."""
+    assert release_hold is not None
+    release_hold.set()
+    assert await holder.result(timeout=20) == "held"
+    for nap in naps:
+        assert await nap.result(timeout=20) == "hello"
+
+
 async def test_a_group_is_split_while_every_slot_is_busy_so_no_sweep_takes_it_for_lost(
     env: TestEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -168,19 +187,11 @@ async def test_a_group_is_split_while_every_slot_is_busy_so_no_sweep_takes_it_fo
     naps = await park_together(env, worker, 3)
     assert await worker.sweep_overdue_timers() == 0  # not due; the wake queue is seen empty
 
-    async def split() -> bool:
-        return len(published) == 3
-
-    await assert_eventually(split, timeout=10, what="the group, due in 2 s, split on arrival")
-    assert sorted(published) == sorted(nap.id for nap in naps)
+    await published_one_each(published, naps, "the group, due in 2 s, split on arrival")
     # Its wake-ups wait in the queue for the only slot: none is taken for lost.
     assert await worker.sweep_overdue_timers() == 0
 
-    assert release_hold is not None
-    release_hold.set()
-    assert await holder.result(timeout=20) == "held"
-    for nap in naps:
-        assert await nap.result(timeout=20) == "hello"
+    await release_the_hold_and_finish(holder, naps)
 
 
 async def test_a_group_wakes_here_as_many_as_find_a_free_slot_and_publishes_the_rest(
@@ -197,11 +208,7 @@ async def test_a_group_wakes_here_as_many_as_find_a_free_slot_and_publishes_the_
         return len(published) == 2 and statuses.count("waiting") < 3
 
     await assert_eventually(woken, timeout=10, what="one woken here, two published")
-    assert release_hold is not None
-    release_hold.set()
-    assert await holder.result(timeout=20) == "held"
-    for nap in naps:
-        assert await nap.result(timeout=20) == "hello"
+    await release_the_hold_and_finish(holder, naps)
     assert len(published) == 2
     await every_slot_given_back(worker)
 
@@ -257,20 +264,12 @@ async def test_a_group_waits_for_a_slot_unswept_and_is_split_once_none_is_releas
     assert await worker.sweep_overdue_timers() == 0
     assert published == []
 
-    async def split() -> bool:
-        return len(published) == 3
-
-    await assert_eventually(split, timeout=10, what="the group split, no slot released")
-    assert sorted(published) == sorted(nap.id for nap in naps)
+    await published_one_each(published, naps, "the group split, no slot released")
     await assert_eventually(no_longer_held(runs), what="the group no longer held")
     # Its wake-ups wait in the queue for the only slot: none is taken for lost.
     assert await worker.sweep_overdue_timers() == 0
 
-    assert release_hold is not None
-    release_hold.set()
-    assert await holder.result(timeout=20) == "held"
-    for nap in naps:
-        assert await nap.result(timeout=20) == "hello"
+    await release_the_hold_and_finish(holder, naps)
     await every_slot_given_back(worker)
 
 
@@ -289,10 +288,7 @@ async def test_a_lone_wake_up_waiting_here_for_a_slot_is_not_swept_either(
     await assert_eventually(waiting_here, timeout=10, what="the wake-up, due in 2 s")
     # Due, and its queue empty, but the wake-up waits here, unacked: not taken for lost.
     assert await worker.sweep_overdue_timers() == 0
-    assert release_hold is not None
-    release_hold.set()
-    assert await holder.result(timeout=20) == "held"
-    assert await nap.result(timeout=20) == "hello"
+    await release_the_hold_and_finish(holder, [nap])
     await every_slot_given_back(worker)
 
 
@@ -311,9 +307,7 @@ async def test_a_group_wakes_every_instance_here_while_slots_are_being_released(
     for nap in naps:
         assert await nap.result(timeout=20) == "hello"
     assert published == []
-    assert release_hold is not None
-    release_hold.set()
-    assert await holder.result(timeout=20) == "held"
+    await release_the_hold_and_finish(holder, naps)
     await every_slot_given_back(worker)
 
 
@@ -341,11 +335,7 @@ async def test_a_group_waiting_when_the_worker_stops_consuming_publishes_the_res
     assert release_hold is not None
     release_hold.set()  # its slot goes to the group, which gives it back and publishes all
 
-    async def all_published() -> bool:
-        return len(published) == 3
-
-    await assert_eventually(all_published, timeout=10, what="the group published")
-    assert sorted(published) == sorted(nap.id for nap in naps)
+    await published_one_each(published, naps, "the group published")
     await assert_eventually(no_longer_held(runs), what="the group no longer held")
     assert await holder.result(timeout=20) == "held"
     stopping = False
