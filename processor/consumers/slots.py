@@ -37,6 +37,7 @@ class Slots:
         #: When slots were released (time.monotonic()) over the last RATE_WINDOW_S, oldest
         #: first.
         self._releases: deque[float] = deque()
+        #: When a slot was last released, however long ago (the window forgets).
         self._released_at = float("-inf")
 
     def locked(self) -> bool:
