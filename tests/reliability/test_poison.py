@@ -59,8 +59,11 @@ WAVE = 100
 #: A wave not finished by then is given up on: its unfinished instances count as lost.
 WAVE_DEADLINE_S = 120.0
 #: p99 latencies of a second or so move by a few hundred ms with the machine's load (other test
-#: jobs share its 2 cores), so the bound is never tighter than this above the clean p99.
-NOISE_FLOOR_S = 0.25
+#: jobs share its 2 cores, killing workers and restarting the database), so the bound is never
+#: tighter than this above the clean p99. 0.25 s failed a CI run on a clean p99 of 0.469 s
+#: (poisoned 0.957 s; alone, the same seed measured 0.427 / 0.375 s). A queue that a poison
+#: message holds up stalls for seconds (an unknown instance's event is retried for ~8 s).
+NOISE_FLOOR_S = 1.0
 
 #: A message to publish: ("good", instance id) or (poison kind, message id).
 Message = tuple[str, str]
