@@ -77,7 +77,7 @@ async def _worker(args: argparse.Namespace) -> None:
     names = ", ".join(sorted(w.name for w in workflows))
     port = config.http_port(args.http_port)
     served = "" if port is None else f"; /healthz, /readyz and /metrics on port {port}"
-    print(f"warren worker: serving {names}{served}", file=sys.stderr)
+    print(f"warren worker: starting, for {names}{served}", file=sys.stderr)
     worker = Worker(workflows, concurrency=args.concurrency, http_port=port, **_settings(args))
     await worker.run()
 
@@ -178,10 +178,18 @@ async def _db_upgrade(args: argparse.Namespace) -> None:
     url = config.database_url(args.database_url)
     database = Database(url)
     try:
-        await database.upgrade()
+        before, after = await database.upgrade(connect_for=DB_COMMAND_CONNECT_S)
     finally:
         await database.close()
-    print(f"database at {config.redact_url(url)} is up to date")
+    if before == after:
+        print(f"database at {config.redact_url(url)} is up to date (migration {after})")
+    else:
+        print(f"database at {config.redact_url(url)} migrated from {before or 'none'} to {after}")
+
+
+#: How long `warren db upgrade` waits for an unreachable database (a migration job may start
+#: beside it), as a client waits for the broker.
+DB_COMMAND_CONNECT_S = 10.0
 
 
 async def _dead_letter_queues(
@@ -300,7 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=100)
     worker.add_argument(
         "--http-port",
-        type=int,
         default=None,
         help="/healthz, /readyz and /metrics; default: $WARREN_HTTP_PORT or 9464 (off: none)",
     )

@@ -48,19 +48,20 @@ def namespace(explicit: str | None = None) -> str:
 DEFAULT_HTTP_PORT = 9464
 
 
-def http_port(explicit: int | None = None) -> int | None:
-    """The worker's probe and metrics port: WARREN_HTTP_PORT, 9464 by default, `off` for none.
+def http_port(explicit: str | None = None) -> int | None:
+    """The worker's probe and metrics port: `explicit` (`--http-port`), else WARREN_HTTP_PORT,
+    else 9464; `off` for none.
 
     Raises:
         ValueError: a value that is neither a port number nor `off`.
     """
-    if explicit is not None:
-        return explicit
-    value = os.environ.get("WARREN_HTTP_PORT", "").strip().lower()
+    setting = "--http-port" if explicit is not None else "WARREN_HTTP_PORT"
+    value = explicit if explicit is not None else os.environ.get("WARREN_HTTP_PORT", "")
+    value = value.strip().lower()
     if not value:
         return DEFAULT_HTTP_PORT
     if value == "off":
         return None
     if not value.isdigit() or int(value) > 65535:
-        raise ValueError(f"WARREN_HTTP_PORT={value!r}: use a port number, or off")
+        raise ValueError(f"{setting}={value!r}: use a port number, or off")
     return int(value)

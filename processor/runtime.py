@@ -160,8 +160,9 @@ class Runtime:
         return self._publisher
 
     async def open(self, *, connect_for: float = 10.0) -> None:
-        """Check the database schema, connect to the broker and declare the exchanges."""
-        await self.database.check_migrated()
+        """Check the database schema, connect to the broker and declare the exchanges; each
+        is tried for `connect_for` seconds while it is unreachable."""
+        await self.database.check_migrated(connect_for=connect_for)
         for _ in range(3):  # a few readings of the database's clock: the quickest one counts
             async with self.database.read() as session:
                 await self.sync_clock(session)

@@ -216,7 +216,8 @@ class Worker:
             except OSError as error:  # the port is taken, say
                 raise InfrastructureError(
                     f"cannot serve /healthz, /readyz and /metrics on {self.http_host}:"
-                    f"{self.http_port}: {error} (WARREN_HTTP_PORT picks another port, off none)"
+                    f"{self.http_port}: {error} (each worker on a host needs a port of its own: "
+                    "--http-port or WARREN_HTTP_PORT picks another, off none)"
                 ) from error
         if is_tracing():
             trace_sql(runtime.database.engine.sync_engine)

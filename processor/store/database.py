@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -26,7 +27,8 @@ from tenacity import (
     wait_exponential,
 )
 
-from processor.errors import DatabaseNotMigratedError, is_certificate_refused
+from processor.config import redact_url
+from processor.errors import DatabaseNotMigratedError, InfrastructureError, is_certificate_refused
 from processor.store import migrations
 from processor.store.driver import DriverSession, driver_transaction
 
@@ -74,6 +76,8 @@ def is_unreachable(error: BaseException) -> bool:
 PATIENCE_S = 120.0
 #: How often a worker paused by an outage checks whether the database is back.
 PROBE_INTERVAL_S = 1.0
+#: The drivers the engine runs on (its per-step path talks to them directly: driver.py).
+SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 
 class Database:
@@ -85,9 +89,23 @@ class Database:
     """
 
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 20) -> None:
+        try:
+            parsed = sa.make_url(url)
+        except sa.exc.ArgumentError:
+            parsed = None
+        if parsed is None or parsed.drivername not in SUPPORTED_DRIVERS:
+            raise ValueError(
+                f"database URL {redact_url(url)!r}: Warren runs on sqlite+aiosqlite:///PATH "
+                "or postgresql+asyncpg://USER:PASSWORD@HOST/DATABASE"
+            )
+        folder = Path(parsed.database or ":memory:").parent
+        if parsed.drivername.startswith("sqlite") and not folder.is_dir():
+            # Said here: SQLite would only say "unable to open database file" (and aiosqlite's
+            # thread would print a traceback if the process exits right after).
+            raise ValueError(f"database URL {url!r}: the directory {folder} does not exist")
         self.url = url
         self.schema = schema
-        self.is_sqlite = url.startswith("sqlite")
+        self.is_sqlite = parsed.drivername == "sqlite+aiosqlite"
         connect_args: dict[str, Any] = {}
         options: dict[str, Any] = {}
         if self.is_sqlite:
@@ -208,19 +226,50 @@ class Database:
             async with self.engine.begin() as conn:
                 await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
 
-    async def upgrade(self) -> None:
-        """Apply every migration not yet applied."""
-        await self.create_schema()
-        async with self.engine.begin() as conn:
-            await conn.run_sync(migrations.upgrade)
+    async def upgrade(self, *, connect_for: float = 0.0) -> tuple[str | None, str | None]:
+        """Apply every migration not yet applied; returns the revisions before and after.
+        Raises InfrastructureError as `check_migrated` does."""
 
-    async def check_migrated(self) -> None:
-        """Raises DatabaseNotMigratedError unless the database is at the newest migration."""
-        async with self.engine.connect() as conn:
-            found = await conn.run_sync(migrations.current_revision)
+        async def apply() -> tuple[str | None, str | None]:
+            await self.create_schema()
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(migrations.upgrade)
+
+        return await self._first_contact(apply, connect_for)
+
+    async def check_migrated(self, *, connect_for: float = 0.0) -> None:
+        """Raises DatabaseNotMigratedError unless the database is at the newest migration, and
+        InfrastructureError if it cannot be reached or refuses (after retrying a transient
+        error for `connect_for` seconds: a worker may start before its database)."""
+
+        async def read_revision() -> str | None:
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(migrations.current_revision)
+
+        found = await self._first_contact(read_revision, connect_for)
         wanted = migrations.head_revision()
         if found != wanted:
             raise DatabaseNotMigratedError(self.url, found, wanted)
+
+    async def _first_contact(self, operation: Callable[[], Awaitable[T]], connect_for: float) -> T:
+        """`operation`, a process's first use of the database: its failure, once retried,
+        becomes one line that names the database (its password hidden) and says why, rather
+        than a driver's traceback."""
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(is_transient),
+                wait=wait_exponential(multiplier=0.2, max=5),
+                stop=stop_after_delay(connect_for),
+                reraise=True,
+            ):
+                with attempt:
+                    return await operation()
+        except (DBAPIError, OSError) as error:
+            cause = error.orig if isinstance(error, DBAPIError) and error.orig else error
+            raise InfrastructureError(
+                f"cannot use the database at {redact_url(self.url)}: {cause}"
+            ) from error
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         await self.engine.dispose()

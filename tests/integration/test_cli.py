@@ -66,8 +66,35 @@ def test_db_upgrade_works_from_any_directory(tmp_path: Path, cli_env: dict[str, 
     elsewhere.mkdir()
     result = warren("db", "upgrade", cwd=elsewhere, env=cli_env)
     assert result.returncode == 0, result.stderr
-    assert "up to date" in result.stdout
+    head = Path(result.stdout.split()[-1]).name  # "... migrated from none to 0004"
+    assert "migrated from none to" in result.stdout
     assert (tmp_path / "cli.db").exists()
+    again = warren("db", "upgrade", cwd=elsewhere, env=cli_env)
+    assert again.returncode == 0, again.stderr
+    assert f"is up to date (migration {head})" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        # Nothing listens on port 9 of this machine: refused, for the 10 s a command retries.
+        ("postgresql+asyncpg://warren:hunter2@127.0.0.1:9/warren", "[Errno 111]"),
+        ("sqlite+aiosqlite:///{tmp}/no/such/directory/x.db", "no/such/directory does not exist"),
+        ("postgres://warren:hunter2@127.0.0.1/warren", "Warren runs on sqlite+aiosqlite"),
+    ],
+)
+def test_a_database_that_cannot_be_used_is_one_line_without_its_password(
+    tmp_path: Path, cli_env: dict[str, str], url: str, says: str
+) -> None:
+    env = {**cli_env, "WARREN_DATABASE_URL": url.format(tmp=tmp_path)}
+    for command in (["db", "upgrade"], ["status", "some-id"]):
+        result = warren(*command, cwd=tmp_path, env=env)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("warren: "), result.stderr
+        assert says in result.stderr
+        assert "Traceback" not in result.stderr
+        assert "hunter2" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_a_worker_on_an_unmigrated_database_stops_at_once_saying_what_to_run(

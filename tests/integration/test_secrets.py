@@ -112,10 +112,12 @@ async def test_a_worker_that_cannot_reach_the_database_or_broker_never_shows_the
         },
         "processor.demo",
     )
-    await worker.wait_for(lambda out: out.returncode is not None, 60, "the worker to give up")
+    # It tries the database for 60 s (a worker may start before its database), then gives up.
+    await worker.wait_for(lambda out: out.returncode is not None, 120, "the worker to give up")
     output = await worker.stop()
 
     assert output.returncode != 0
+    assert "warren: cannot use the database at postgresql+asyncpg://warren:***@" in output.stderr
     # It did say what went wrong (asyncio's words, or uvloop's)...
     assert "Connect call failed" in output.stderr or "Connection refused" in output.stderr
     assert PASSWORD not in output.text  # ...without the password

@@ -42,7 +42,13 @@ def test_the_worker_port_comes_from_warren_http_port(
     else:
         monkeypatch.setenv("WARREN_HTTP_PORT", variable)
     assert config.http_port() == port
-    assert config.http_port(7000) == 7000  # --http-port wins
+    assert config.http_port("7000") == 7000  # --http-port wins
+    assert config.http_port("off") is None
+
+
+def test_a_bad_http_port_option_is_refused() -> None:
+    with pytest.raises(ValueError, match="--http-port='http'"):
+        config.http_port("http")
 
 
 @pytest.mark.parametrize("variable", ["http", "-1", "70000"])

@@ -20,8 +20,11 @@ def config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-def upgrade(connection: Connection) -> None:
+def upgrade(connection: Connection) -> tuple[str | None, str | None]:
+    """Apply every pending migration; returns the revisions before and after."""
+    before = current_revision(connection)
     command.upgrade(config(connection), "head")
+    return before, current_revision(connection)
 
 
 def current_revision(connection: Connection) -> str | None:
