@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from processor.durations import Duration, parse_duration
 from processor.engine import commands
-from processor.engine.results import to_json_data
+from processor.engine.results import is_utf8, to_json_data
 from processor.errors import InstanceExistsError, InstanceFailedError, InstanceNotFoundError
 from processor.runtime import Runtime
 from processor.step import ReceivedEvent
@@ -495,9 +495,13 @@ def _status(row: InstanceRow, steps: Sequence[StepRow], now: datetime) -> Instan
 
 def _event_payload(event_type: str, payload: Any) -> Any:
     """Check an event's type and turn its payload into JSON data."""
-    if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
+    if (
+        not isinstance(event_type, str)
+        or not _EVENT_TYPE.fullmatch(event_type)
+        or not is_utf8(event_type)
+    ):
         raise ValueError(
-            "event type must be 1 to 100 characters and no control characters, "
+            "event type must be 1 to 100 characters of UTF-8 and no control characters, "
             f"got {event_type!r:.60}"
         )
     try:

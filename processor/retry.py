@@ -9,6 +9,8 @@ from typing import Literal
 from processor.durations import Duration, parse_duration
 
 Backoff = Literal["constant", "linear", "exponential"]
+#: The longest timer there is: a sleep, an event wait's timeout, a back-off, a step's timeout.
+MAX_SLEEP = timedelta(days=365)
 
 
 @dataclass(frozen=True, init=False)
@@ -20,7 +22,11 @@ class RetryPolicy:
         delay: the back-off before the first retry.
         backoff: "constant" (delay), "linear" (delay·n) or "exponential" (delay·2^(n-1)),
             n being the retry number.
-        max_delay: a cap on any one back-off.
+        max_delay: a cap on any one back-off. None: 365 days, the longest timer there is.
+
+    Raises:
+        ValueError: a negative limit, an unknown backoff, or a delay or max_delay that is
+            negative or over 365 days.
     """
 
     limit: int
@@ -42,22 +48,30 @@ class RetryPolicy:
                 f"backoff must be 'constant', 'linear' or 'exponential', got {backoff!r}"
             )
         object.__setattr__(self, "limit", limit)
-        object.__setattr__(self, "delay", parse_duration(delay, what="retry delay"))
+        object.__setattr__(self, "delay", _timer_length(delay, "retry delay"))
         object.__setattr__(self, "backoff", backoff)
         object.__setattr__(
-            self,
-            "max_delay",
-            None if max_delay is None else parse_duration(max_delay, what="retry max_delay"),
+            self, "max_delay", None if max_delay is None else _timer_length(max_delay, "max_delay")
         )
 
     def delay_before(self, retry: int) -> timedelta:
         """The back-off before retry number `retry` (1 for the first retry)."""
         factor = {"constant": 1, "linear": retry, "exponential": 2 ** (retry - 1)}[self.backoff]
+        cap = MAX_SLEEP if self.max_delay is None else self.max_delay
+        # Compared before multiplying: 2 ** 40 times a delay is past timedelta's range.
+        if self.delay and factor > cap / self.delay:
+            return cap
         delay: timedelta = self.delay * factor
-        return delay if self.max_delay is None else min(delay, self.max_delay)
+        return min(delay, cap)
+
+
+def _timer_length(value: Duration, what: str) -> timedelta:
+    length = parse_duration(value, what=what)
+    if length > MAX_SLEEP:
+        raise ValueError(f"{what} {value!r} is longer than 365 days, the longest timer there is")
+    return length
 
 
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_STEP_TIMEOUT = timedelta(minutes=10)
 DEFAULT_EVENT_TIMEOUT = timedelta(hours=24)
-MAX_SLEEP = timedelta(days=365)

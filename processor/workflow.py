@@ -78,16 +78,21 @@ class Workflow(Generic[P]):
             pydantic.ValidationError: params the workflow's params model rejects.
         """
         if params is None:
+            if cls is not Workflow:
+                cls.parse_params(None)  # as the run will: None is validated as {}
             return None
         if isinstance(params, BaseModel):
-            params = params.model_dump(mode="json")
+            params = params.model_dump(mode="json", by_alias=True, round_trip=True)
         if not isinstance(params, dict):
             raise TypeError(
                 f"params must be a JSON object (dict or pydantic model), not "
                 f"{type(params).__name__}"
             )
         if cls is not Workflow:
-            params = _adapter(cls.params_type).dump_python(cls.parse_params(params), mode="json")
+            # By alias and without computed fields: as `parse_params` reads them back.
+            params = _adapter(cls.params_type).dump_python(
+                cls.parse_params(params), mode="json", by_alias=True, round_trip=True
+            )
         try:
             data: dict[str, Any] = to_json_data(params)
         except ValueError as error:

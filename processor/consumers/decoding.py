@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, TypeVar
 
@@ -35,6 +36,15 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float, refusing one no float holds (1e400 would read as infinity,
+    which PostgreSQL's json type refuses and SQLite would store)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
 def decode(
     message: AbstractIncomingMessage, model: type[M], max_bytes: int = MAX_MESSAGE_BYTES
 ) -> M:
@@ -59,7 +69,7 @@ def decode(
     except UnicodeDecodeError as error:
         raise BadMessageError(f"body is not UTF-8: {error}", "not_utf8") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise BadMessageError("body is nested too deeply", "not_json") from None
     except ValueError as error:

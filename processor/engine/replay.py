@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import functools
+import inspect
+import re
 import traceback
 import typing
 from collections import Counter
@@ -23,7 +25,7 @@ from typing import Any, Literal, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from processor.durations import Duration, parse_duration
-from processor.engine.results import copy_json_data, encode_result
+from processor.engine.results import copy_json_data, encode_result, is_utf8
 from processor.errors import (
     EventTimeoutError,
     NonDeterminismError,
@@ -61,6 +63,9 @@ REPORT_DELIVERY_GRACE = timedelta(seconds=5)
 #: shows: a backlog that never drains must not keep it running for ever.
 REPORT_CEILING = timedelta(minutes=5)
 MAX_STEP_NAME = 250
+#: A repeated name's later occurrences are recorded as `name#2`, `name#3`, ...: a name of that
+#: form would share its record.
+_OCCURRENCE_SUFFIX = re.compile(r"#\d+$")
 
 
 @dataclass
@@ -165,10 +170,23 @@ def rebuild_error(info: ErrorInfo) -> Exception:
     return RecordedError(info.name, info.message)
 
 
-@functools.lru_cache(maxsize=1024)
 def _model_return_type(fn: Callable[..., Any]) -> type[BaseModel] | None:
     """The pydantic model `fn` is annotated to return, if any (its result comes back as one)."""
+    try:
+        return _cached_model_return_type(fn)
+    except TypeError:  # an unhashable callable object (a dataclass instance, say)
+        return _find_model_return_type(fn)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_model_return_type(fn: Callable[..., Any]) -> type[BaseModel] | None:
+    return _find_model_return_type(fn)
+
+
+def _find_model_return_type(fn: Callable[..., Any]) -> type[BaseModel] | None:
     target = fn.func if isinstance(fn, functools.partial) else fn
+    if not inspect.isroutine(target) and not inspect.isclass(target):
+        target = type(target).__call__  # a callable object: its __call__ says what it returns
     try:
         hint = typing.get_type_hints(target).get("return")
     except Exception:  # unresolvable annotations: hand back plain JSON
@@ -298,17 +316,23 @@ class Replay:
         self._activity += 1
         if self._is_closed:
             raise _ReplayClosed
-        if not isinstance(name, str) or not name or len(name) > MAX_STEP_NAME:
+        if not isinstance(name, str) or not name or len(name) > MAX_STEP_NAME or not is_utf8(name):
             raise ValueError(
-                f"a step name must be a non-empty string of at most "
+                f"a step name must be a non-empty string of UTF-8 of at most "
                 f"{MAX_STEP_NAME} characters, got {name!r}"
+            )
+        if _OCCURRENCE_SUFFIX.search(name):
+            raise ValueError(
+                f"step name {name!r} ends in '#' and digits, which number a repeated name's "
+                "occurrences: its record would be another step's (use e.g. 'page 2')"
             )
         branch = asyncio.current_task()
         owner = self._name_owner.setdefault(name, branch)
         if owner is not branch:
             raise NonDeterminismError(
                 f"step name {name!r} is used by two parallel branches; give each branch's "
-                "steps their own names (a repeated name is fine within one branch)"
+                "steps their own names (a repeated name is fine within one branch; in a loop "
+                "of asyncio.gather, put the iteration in the names: f'item {batch}-{i}')"
             )
         self._occurrences[name] += 1
         count = self._occurrences[name]
@@ -382,6 +406,8 @@ class Replay:
             if timeout is None
             else parse_duration(timeout, what=f"timeout of step {name!r}")
         )
+        if limit > MAX_SLEEP:  # the attempt's lease is a timer: timedelta.max would overflow it
+            raise ValueError(f"step {name!r}: timeout is longer than 365 days")
         row, _ = self._step(name, StepKind.DO)
         is_backing_off = row.status == StepStatusName.RETRYING
         try:
@@ -487,10 +513,15 @@ class Replay:
     async def wait_for_event(
         self, name: str, event_type: str, timeout: Duration | None
     ) -> ReceivedEvent:
-        if not isinstance(event_type, str) or not event_type or len(event_type) > 100:
+        if (
+            not isinstance(event_type, str)
+            or not event_type
+            or len(event_type) > 100
+            or not is_utf8(event_type)
+        ):
             raise ValueError(
-                f"wait_for_event {name!r}: type must be a string of 1 to 100 "
-                f"characters, got {event_type!r}"
+                f"wait_for_event {name!r}: type must be a string of 1 to 100 characters of "
+                f"UTF-8, got {event_type!r}"
             )
         limit = (
             DEFAULT_EVENT_TIMEOUT

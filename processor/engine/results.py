@@ -23,7 +23,9 @@ def to_json_data(value: Any) -> Any:
             the message says which, as a predicate ("is not JSON-serializable (...)").
     """
     try:
-        data = pydantic_core.to_jsonable_python(value)
+        # round_trip: a model is dumped as it validates (by alias, no computed fields), since
+        # a recorded step result is read back into the model it came from.
+        data = pydantic_core.to_jsonable_python(value, round_trip=True)
     except (ValueError, TypeError) as error:
         # PydanticSerializationError is a ValueError, and so are pydantic's "Circular
         # reference detected" and "Maximum serialization depth exceeded".
@@ -41,6 +43,16 @@ def to_json_data(value: Any) -> Any:
     if size > MAX_JSON_BYTES:
         raise ValueError(f"is {size} bytes as JSON, over the {MAX_JSON_BYTES}-byte limit")
     return data
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` can be encoded as UTF-8 (a lone surrogate cannot): what no message or
+    database could carry."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode_result(step_name: str, value: Any) -> Any:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
+import pydantic.alias_generators
 import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -238,6 +239,53 @@ async def test_params_the_workflow_model_rejects_raise_before_anything_is_create
     assert await env.client.list() == []
 
 
+async def test_missing_params_the_workflow_model_requires_raise_before_anything_is_created(
+    env: TestEnv,
+) -> None:
+    await env.start_worker(Quick)
+
+    # The run would validate None as {}, which Order rejects: so does create.
+    with pytest.raises(pydantic.ValidationError, match="order_id"):
+        await env.client.create(Quick, id="no-params")
+
+    assert await env.client.list() == []
+
+
+class CamelOrder(BaseModel):
+    model_config = pydantic.ConfigDict(alias_generator=pydantic.alias_generators.to_camel)
+    order_id: str
+
+
+class CamelCase(Workflow[CamelOrder]):
+    name = "client-camel-case"
+
+    async def run(self, event: WorkflowEvent[CamelOrder], step: WorkflowStep) -> Any:
+        return event.payload.order_id
+
+
+async def test_a_params_model_with_aliases_is_stored_as_it_validates(env: TestEnv) -> None:
+    await env.start_worker(CamelCase)
+
+    from_model = await env.client.create(CamelCase, CamelOrder(orderId="o-1"))
+    from_dict = await env.client.create(CamelCase, {"orderId": "o-2"})
+
+    assert await from_model.result(timeout=20) == "o-1"
+    assert await from_dict.result(timeout=20) == "o-2"
+    assert (await from_dict.status()).params == {"orderId": "o-2"}
+
+
+async def test_an_event_type_that_is_not_utf8_raises_before_anything_is_sent(
+    env: TestEnv,
+) -> None:
+    await registered_then_stopped(env, Quick)
+    instance = await env.client.create(Quick, Order(order_id="o-1"))
+
+    with pytest.raises(ValueError, match="event type must be"):
+        await instance.send_event("\ud800", {"n": 1})
+
+    assert await env.client.events(instance.id) == []
+
+
 async def test_create_with_a_taken_id_raises_instance_exists(env: TestEnv) -> None:
     await registered_then_stopped(env, Quick)
     await env.client.create(Quick, Order(order_id="first"), id="taken")
@@ -312,8 +360,9 @@ async def test_create_batch_of_more_than_100_raises_value_error(env: TestEnv) ->
 async def test_create_batch_with_the_same_id_twice_raises_value_error(env: TestEnv) -> None:
     await registered_then_stopped(env, Quick)
 
+    twin = {"id": "twin", "params": {"order_id": "o-1"}}
     with pytest.raises(ValueError, match="same id"):
-        await env.client.create_batch(Quick, [{"id": "twin"}, {"id": "twin"}])
+        await env.client.create_batch(Quick, [twin, twin])
 
     assert await env.client.list() == []
 

@@ -8,6 +8,7 @@ module-level state, keyed by instance id so the SQLite and PostgreSQL runs never
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 import uuid
@@ -18,7 +19,7 @@ from itertools import pairwise
 from typing import Any, Literal
 
 import pytest
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
 
 from processor import (
     EventTimeoutError,
@@ -1032,3 +1033,89 @@ async def test_changing_a_recorded_value_in_place_changes_neither_the_record_nor
     assert steps["items"].output == ["a", "b"]
     assert steps["order"].output["payload"] == {"id": 7}
     assert "process 3" not in steps
+
+
+# --- what a step call refuses, and bodies of other shapes --------------------------------------
+
+
+class NamedLikeAnOccurrence(Workflow[dict[str, Any]]):
+    name = "named-like-an-occurrence"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
+        await step.do("page", echo, "one")
+        # Recorded as the second occurrence of "page" would be: refused before anything runs.
+        return await step.do("page#2", echo, "the step named page#2")
+
+
+class NoTimeout(Workflow[dict[str, Any]]):
+    name = "no-timeout"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
+        # The attempt's lease (now + timeout) would be past the year 9999.
+        return await step.do("slow", echo, "done", timeout=timedelta.max)
+
+
+@pytest.mark.parametrize(
+    ("workflow", "says"),
+    [
+        (NamedLikeAnOccurrence, "step name 'page#2' ends in '#' and digits"),
+        (NoTimeout, "step 'slow': timeout is longer than 365 days"),
+    ],
+)
+async def test_a_step_call_it_cannot_record_errors_the_instance_saying_why(
+    env: TestEnv, workflow: type[Workflow[Any]], says: str
+) -> None:
+    await env.start_worker(workflow)
+    instance = await env.client.create(workflow)
+
+    failure = await failure_of(instance)
+
+    assert failure.error is not None
+    assert failure.error.name == "ValueError"
+    assert failure.error.message.startswith(says), failure.error.message
+
+
+@dataclasses.dataclass  # with its generated __eq__, unhashable
+class PriceInEuros:
+    currency: str
+
+    async def __call__(self, amount: int) -> Point:
+        return Point(x=amount, y=len(self.currency))
+
+
+class Quote(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    price: int
+    quantity: int = Field(alias="qty")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total(self) -> int:
+        return self.price * self.quantity
+
+
+async def make_quote(price: int, quantity: int) -> Quote:
+    return Quote(price=price, qty=quantity)
+
+
+class OtherBodies(Workflow[dict[str, Any]]):
+    name = "other-bodies"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
+        point = await step.do("price", PriceInEuros("EUR"), 10)
+        quote = await step.do("quote", make_quote, 2, 3)
+        await step.sleep("replay", 0.1)  # a replay then reads both back from the record
+        assert isinstance(point, Point)
+        assert isinstance(quote, Quote)
+        return {"x": point.x, "total": quote.total}
+
+
+async def test_a_callable_object_and_a_strict_model_with_computed_fields_replay(
+    env: TestEnv,
+) -> None:
+    await env.start_worker(OtherBodies)
+    instance = await env.client.create(OtherBodies)
+
+    assert await instance.result(timeout=20) == {"x": 10, "total": 6}
+    steps = {step.name: step for step in (await instance.status()).steps}
+    assert steps["quote"].output == {"price": 2, "qty": 3}

@@ -186,3 +186,15 @@ def test_an_event_type_with_a_control_character_is_refused(event_type: str) -> N
     body = {"instance_id": "o-1", "type": event_type}
     with pytest.raises(BadMessageError, match="type: String should match pattern"):
         decode(message(body), SendEvent)
+
+
+@pytest.mark.parametrize(
+    ("body", "model"),
+    [
+        (b'{"workflow": "w", "params": {"x": 1e400}}', CreateInstance),
+        (b'{"instance_id": "o-1", "type": "t", "payload": -1e400}', SendEvent),
+    ],
+)
+def test_a_number_no_float_holds_is_refused_not_read_as_infinity(body: bytes, model: Any) -> None:
+    with pytest.raises(BadMessageError, match=r"the number -?1e400 is out of range"):
+        decode(message(body), model)

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from processor.engine.results import MAX_JSON_BYTES, encode_result, to_json_data
 from processor.errors import SerializationError
@@ -55,3 +56,22 @@ def test_json_data_passes_through_as_plain_data() -> None:
         "total": 1.5,
         "items": [1, "two", None],
     }
+
+
+def test_a_recorded_model_validates_back_into_itself() -> None:
+    class Quote(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        price: int
+        quantity: int = Field(alias="qty")
+
+        @computed_field  # type: ignore[prop-decorator]
+        @property
+        def total(self) -> int:
+            return self.price * self.quantity
+
+    quote = Quote(price=2, qty=3)
+
+    recorded = to_json_data(quote)
+
+    assert recorded == {"price": 2, "qty": 3}  # by alias, the computed field left out
+    assert Quote.model_validate(recorded) == quote

@@ -76,3 +76,20 @@ def test_an_unknown_backoff_raises_value_error(backoff: Any) -> None:
 def test_a_negative_delay_raises_value_error() -> None:
     with pytest.raises(ValueError, match="retry delay"):
         RetryPolicy(delay=-1)
+
+
+@pytest.mark.parametrize("backoff", ["linear", "exponential"])
+def test_a_far_retry_is_capped_without_overflowing(backoff: Any) -> None:
+    capped = RetryPolicy(limit=100, delay="10 seconds", backoff=backoff, max_delay="1 minute")
+    uncapped = RetryPolicy(limit=5_000, delay="1 day", backoff=backoff)
+
+    # 10 s x 2^43 is past timedelta's range; a back-off is never longer than a year.
+    assert capped.delay_before(44) == timedelta(minutes=1)
+    assert uncapped.delay_before(5_000) == MAX_SLEEP
+    assert uncapped.delay_before(2) == timedelta(days=2)
+
+
+@pytest.mark.parametrize("field", ["delay", "max_delay"])
+def test_a_retry_delay_over_a_year_raises_value_error(field: str) -> None:
+    with pytest.raises(ValueError, match="longer than 365 days"):
+        RetryPolicy(**{field: timedelta(days=366)})
