@@ -79,11 +79,19 @@ def _styled(value: StepStatusName | InstanceStatusName) -> Text:
     return Text(value.value, style=_STATUS_STYLES.get(value, ""))
 
 
-def _step_row(step: StepRecord, origin: datetime, now: datetime) -> list[str | Text]:
+def _step_row(
+    step: StepRecord, origin: datetime, now: datetime, ended: InstanceStatus | None
+) -> list[str | Text]:
+    """`ended`: the instance, if it has ended: a step it left unfinished is shown as such
+    (terminate stops an instance wherever it is)."""
+    status = _styled(step.status)
     if step.started_at is None:
         duration = ""
     elif step.ended_at is not None:
         duration = duration_text(step.ended_at - step.started_at)
+    elif ended is not None:
+        duration = duration_text(ended.updated_at - step.started_at)
+        status.append(f", then {ended.status.value}")
     else:
         duration = f"{duration_text(now - step.started_at)} so far"
     if step.error is not None:
@@ -98,7 +106,7 @@ def _step_row(step: StepRecord, origin: datetime, now: datetime) -> list[str | T
     return [
         step.name,
         step.kind.value,
-        _styled(step.status),
+        status,
         str(step.attempts) if step.kind == "do" else "",
         _offset(step.started_at, origin),
         duration,
@@ -127,7 +135,8 @@ def status_view(status: InstanceStatus, now: datetime) -> Group:
     for column in ("step", "kind", "status", "attempts", "start", "duration", "due", "detail"):
         table.add_column(column, no_wrap=column != "detail")
     for step in status.steps:
-        table.add_row(*_step_row(step, status.created_at, now))
+        ended = status if status.status.is_terminal else None
+        table.add_row(*_step_row(step, status.created_at, now, ended))
     parts: list[Text | Table] = [header, Text(times), table]
     if status.output is not None:
         parts.append(Text(f"output: {json.dumps(status.output)}"))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from rich.console import Console
 
 from processor import config
-from processor.console import age_text, duration_text
+from processor.console import age_text, duration_text, status_view
+from schemas import InstanceStatus, StepRecord
 
 
 @pytest.mark.parametrize(
@@ -56,3 +58,46 @@ def test_a_bad_warren_http_port_is_refused(monkeypatch: pytest.MonkeyPatch, vari
     monkeypatch.setenv("WARREN_HTTP_PORT", variable)
     with pytest.raises(ValueError, match="WARREN_HTTP_PORT"):
         config.http_port()
+
+
+def _timeline(status: str, now: datetime) -> str:
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    view = status_view(
+        InstanceStatus(
+            id="o-1",
+            workflow="ship-order",
+            status=status,
+            params=None,
+            output=None,
+            error=None,
+            created_at=created,
+            updated_at=created + timedelta(seconds=12),
+            compute_ms=1.0,
+            cpu_ms=0.0,
+            wall_ms=12_000.0,
+            steps=[
+                StepRecord(
+                    name="cooling-off",
+                    kind="sleep",
+                    status="sleeping",
+                    attempts=0,
+                    started_at=created + timedelta(seconds=2),
+                    wake_at=created + timedelta(seconds=3600),
+                )
+            ],
+        ),
+        now,
+    )
+    console = Console(width=200, record=True)
+    console.print(view)
+    return console.export_text()
+
+
+def test_a_step_an_ended_instance_left_unfinished_is_shown_as_such() -> None:
+    now = datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+
+    assert "58.00 s so far" in _timeline("waiting", now)
+    terminated = _timeline("terminated", now)
+    assert "sleeping, then terminated" in terminated
+    assert "10.00 s" in terminated  # from its start until the instance ended, not until now
+    assert "so far" not in terminated
