@@ -230,7 +230,11 @@ class Worker:
         await channel.set_qos(prefetch_count=self.concurrency)
         topology = runtime.topology
         ingress = IngressConsumer(runtime)
-        self._subscribe(await topology.declare_ingress_queue(channel), ingress.handle)
+        self._subscribe(
+            await topology.declare_ingress_queue(channel),
+            ingress.handle,
+            without_slot=ingress.steers_an_instance,
+        )
         runs = self._runs = RunConsumer(
             runtime,
             self.registry,

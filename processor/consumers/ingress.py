@@ -8,7 +8,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.exc import IntegrityError
 
 from processor.broker.publisher import ATTEMPT_HEADER
-from processor.consumers.base import original_routing_key
+from processor.consumers.base import Handler, original_routing_key
 from processor.consumers.decoding import BadMessageError, decode
 from processor.engine import commands
 from processor.errors import (
@@ -29,6 +29,14 @@ UNKNOWN_INSTANCE_RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0)
 class IngressConsumer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    def steers_an_instance(self, message: AbstractIncomingMessage) -> Handler | None:
+        """An event or a control is applied on arrival, without a slot: it is one short
+        transaction, and a terminate or an approval must not wait while long steps hold every
+        slot (it would go back to the queue each SLOT_WAIT_S). A create takes a slot: it
+        starts new work, which waits for the worker's capacity anyway."""
+        is_create = INGRESS_ROUTES.get(original_routing_key(message)) is CreateInstance
+        return None if is_create else self.handle
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Apply one command (a `Handler` with no follow-up)."""

@@ -5,6 +5,7 @@ and good messages keep flowing."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -69,10 +70,11 @@ async def wire(env: TestEnv) -> Any:
 
 
 async def ingress_is_drained(env: TestEnv, wire: Wire, marker_id: str) -> None:
-    """Wait until every ingress message published before this call has been applied.
+    """Wait until every create published before this call has been applied.
 
-    The worker runs with concurrency 1, so ingress messages are applied one at a time in order:
-    once a create published last has taken effect, everything before it has too.
+    The worker runs with concurrency 1, so creates (which take a slot, unlike events and
+    controls) are applied one at a time in order: once a create published last has taken
+    effect, every create before it has too.
     """
     await wire.publish("instance.create", {"workflow": "wire-echo", "id": marker_id})
     await created(env.client, marker_id)
@@ -242,6 +244,63 @@ async def test_a_terminate_message_ends_an_instance_for_good(env: TestEnv, wire:
     assert await status_of(env, "doomed") == "terminated"
     assert CALLS["doomed", "after"] == 0
     assert (await instance.status()).status == "terminated"
+
+
+#: Per instance, set by the test to end the step that holds the worker's only slot until then
+#: (made in each test: an event belongs to the loop it is first awaited in).
+HOLDS: dict[str, asyncio.Event] = {}
+
+
+async def held(instance_id: str) -> str:
+    await HOLDS[instance_id].wait()
+    return instance_id
+
+
+class HoldsTheSlot(Workflow[dict[str, Any]]):
+    name = "wire-holds-the-slot"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
+        return await step.do("held", held, event.instance_id)
+
+
+async def test_events_and_controls_get_through_while_long_steps_hold_every_slot(
+    env: TestEnv, wire: Wire
+) -> None:
+    HOLDS["holder"] = asyncio.Event()
+    await env.start_worker(HoldsTheSlot, TwoWaits, Napper, concurrency=1)
+    # Before the only slot is taken: a create needs one.
+    waiter = await env.client.create(TwoWaits, id="waiter")
+    await env.client.create(Napper, {"nap": 600}, id="sleeper")
+    for instance_id in ("waiter", "sleeper"):
+        await assert_eventually(
+            functools.partial(has_status, env, instance_id, "waiting"), what="it to wait"
+        )
+    holder = await env.client.create(HoldsTheSlot, id="holder")
+    await assert_eventually(
+        functools.partial(has_status, env, "holder", "running"), what="the slot to be taken"
+    )
+    try:
+        await wire.publish(
+            "instance.event", {"instance_id": "waiter", "type": "ping", "payload": {"n": 1}}
+        )
+        await control(wire, "sleeper", "terminate")
+
+        # Within seconds, not the minute a delivery waits for a slot before going back.
+        await assert_eventually(
+            functools.partial(has_status, env, "sleeper", "terminated"),
+            timeout=10,
+            what="the terminate to take effect while the slot is held",
+        )
+        # The event is kept for the instance; its round waits for a slot, as steps do.
+        assert [event.payload for event in await env.client.events("waiter")] == [{"n": 1}]
+    finally:
+        HOLDS["holder"].set()
+    assert await holder.result(timeout=20) == "holder"
+    assert await waiter.result(timeout=20) == {"first": {"n": 1}, "second": "timed out"}
+
+
+async def has_status(env: TestEnv, instance_id: str, status: str) -> bool:
+    return await status_of(env, instance_id) == status
 
 
 async def test_a_restart_message_runs_a_complete_instance_again(env: TestEnv, wire: Wire) -> None:
