@@ -255,8 +255,10 @@ class Client:
         async with self.runtime.transaction() as tx:
             await commands.send_event(tx, instance_id, event_type, data)
 
-    async def control(self, instance_id: str, action: ControlAction) -> None:
+    async def control(self, instance_id: str, action: ControlAction | str) -> None:
+        """Raises ValueError for an action that is not a ControlAction (or its value)."""
         commands.check_instance_id(instance_id)
+        action = ControlAction(action)
         async with self.runtime.transaction() as tx:
             await commands.control(tx, instance_id, action)
 

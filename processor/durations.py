@@ -27,6 +27,13 @@ _UNITS = {
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$")
 
 
+def _seconds(seconds: float, what: str) -> timedelta:
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{what} of {seconds:g} seconds is out of range") from None
+
+
 def parse_duration(value: Duration, *, what: str = "duration") -> timedelta:
     """Turn a duration argument into a `timedelta`.
 
@@ -41,7 +48,7 @@ def parse_duration(value: Duration, *, what: str = "duration") -> timedelta:
     elif isinstance(value, int | float):
         if not math.isfinite(value):
             raise ValueError(f"{what} must be finite, got {value!r}")
-        result = timedelta(seconds=value)
+        result = _seconds(value, what)
     elif isinstance(value, str):
         match = _PATTERN.match(value.lower())
         word = match.group(2) if match else ""
@@ -51,7 +58,7 @@ def parse_duration(value: Duration, *, what: str = "duration") -> timedelta:
             raise ValueError(
                 f"{what} {value!r} is not a duration: use e.g. '10 seconds', '1 minute', '3 days'"
             )
-        result = timedelta(seconds=float(match.group(1)) * unit)
+        result = _seconds(float(match.group(1)) * unit, what)
     else:
         raise TypeError(
             f"{what} must be a timedelta, seconds or a string, not {type(value).__name__}"

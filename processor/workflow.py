@@ -140,7 +140,12 @@ def build_registry(classes: Iterable[type[Workflow[Any]]]) -> dict[str, type[Wor
 
 def workflow_name(workflow: type[Workflow[Any]] | str) -> str:
     """The name of a workflow given as a class or a name; raises ValueError for a bad name."""
-    name = workflow if isinstance(workflow, str) else workflow.name
+    if isinstance(workflow, str):
+        name = workflow
+    elif isinstance(workflow, type) and issubclass(workflow, Workflow) and workflow is not Workflow:
+        name = workflow.name
+    else:
+        raise TypeError(f"workflow must be a Workflow subclass or its name, got {workflow!r:.60}")
     if not _NAME.fullmatch(name):
         raise ValueError(f"workflow name {name!r} must match {ID_PATTERN}")
     return name

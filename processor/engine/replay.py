@@ -225,6 +225,8 @@ class Replay:
         #: or which occurrence is which would depend on the order branches reach it.
         self._name_owner: dict[str, asyncio.Task[Any] | None] = {}
         self._is_closed = False
+        #: The first NonDeterminismError raised into `run` in this round (`_nondeterministic`).
+        self._nondeterminism: NonDeterminismError | None = None
         self._activity = 0
         self._busy = 0
         self._parked: list[asyncio.Future[None]] = []
@@ -246,6 +248,8 @@ class Replay:
         task.cancel()
         # Cancelled branches unwind now; a step call in a `finally` raises _ReplayClosed.
         await asyncio.wait([task])
+        if self._nondeterminism is not None:
+            return self._with_telemetry("errored", error=error_info(self._nondeterminism))
         if is_parked:
             if not task.cancelled():
                 task.exception()  # _ReplayClosed from a `finally`: nothing to report
@@ -329,7 +333,7 @@ class Replay:
         branch = asyncio.current_task()
         owner = self._name_owner.setdefault(name, branch)
         if owner is not branch:
-            raise NonDeterminismError(
+            raise self._nondeterministic(
                 f"step name {name!r} is used by two parallel branches; give each branch's "
                 "steps their own names (a repeated name is fine within one branch; in a loop "
                 "of asyncio.gather, put the iteration in the names: f'item {batch}-{i}')"
@@ -340,7 +344,7 @@ class Replay:
         row = self.steps.get(key)
         if row is not None:
             if row.kind != kind:
-                raise NonDeterminismError(
+                raise self._nondeterministic(
                     f"step {key!r} was recorded as {row.kind} but replay met it as {kind.value}: "
                     "the workflow's code changed under a running instance"
                 )
@@ -359,6 +363,14 @@ class Replay:
         self.steps[key] = row
         self.session.add(row)
         return row, True
+
+    def _nondeterministic(self, message: str) -> NonDeterminismError:
+        """The error to raise into `run`, also kept for the round: it errors the instance
+        even if `run` catches it (an `except Exception` around a step, say)."""
+        error = NonDeterminismError(message)
+        if self._nondeterminism is None:
+            self._nondeterminism = error
+        return error
 
     def _set_timer(self, row: StepRow, wake_at: datetime) -> None:
         row.wake_at = wake_at
@@ -537,6 +549,12 @@ class Replay:
                 row.event_type = event_type
                 row.started_at = self.now
                 self._set_timer(row, self.now + limit)
+            elif row.event_type != event_type:
+                raise self._nondeterministic(
+                    f"wait {row.key!r} was recorded waiting for {row.event_type!r} events but "
+                    f"replay met it waiting for {event_type!r}: the workflow's code changed "
+                    "under a running instance"
+                )
             if row.status == StepStatusName.COMPLETE:
                 recorded = row.output
                 return ReceivedEvent(

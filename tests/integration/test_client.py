@@ -274,6 +274,25 @@ async def test_a_params_model_with_aliases_is_stored_as_it_validates(env: TestEn
     assert (await from_dict.status()).params == {"orderId": "o-2"}
 
 
+@pytest.mark.parametrize("workflow", [Order, Workflow, 42])
+async def test_create_of_something_that_is_not_a_workflow_raises_type_error(
+    env: TestEnv, workflow: Any
+) -> None:
+    with pytest.raises(TypeError, match="a Workflow subclass or its name"):
+        await env.client.create(workflow)
+
+
+async def test_control_takes_an_action_or_its_name_and_refuses_others(env: TestEnv) -> None:
+    await registered_then_stopped(env, Quick)
+    instance = await env.client.create(Quick, Order(order_id="o-1"))
+
+    await env.client.control(instance.id, "pause")
+    with pytest.raises(ValueError, match="frobnicate"):
+        await env.client.control(instance.id, "frobnicate")
+
+    assert (await instance.status()).status == "paused"
+
+
 async def test_an_event_type_that_is_not_utf8_raises_before_anything_is_sent(
     env: TestEnv,
 ) -> None:

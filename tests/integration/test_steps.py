@@ -1119,3 +1119,54 @@ async def test_a_callable_object_and_a_strict_model_with_computed_fields_replay(
     assert await instance.result(timeout=20) == {"x": 10, "total": 6}
     steps = {step.name: step for step in (await instance.status()).steps}
     assert steps["quote"].output == {"price": 2, "qty": 3}
+
+
+class SwallowsNonDeterminism(Workflow[dict[str, Any]]):
+    name = "swallows-non-determinism"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
+        try:
+            await asyncio.gather(step.do("same", echo, "a"), step.do("same", echo, "b"))
+        except Exception:  # what a careless workflow does
+            return "carried on"
+        return "both ran"
+
+
+#: The event type each instance's wait asks for: a test changes it, as a deploy changes code.
+WAIT_TYPES: dict[str, str] = {}
+
+
+class WaitsForAType(Workflow[dict[str, Any]]):
+    name = "waits-for-a-type"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
+        received = await step.wait_for_event("decision", type=WAIT_TYPES[event.instance_id])
+        return received.type
+
+
+async def test_non_determinism_errors_the_instance_even_when_run_catches_it(
+    env: TestEnv,
+) -> None:
+    await env.start_worker(SwallowsNonDeterminism)
+    instance = await env.client.create(SwallowsNonDeterminism)
+
+    failure = await failure_of(instance)
+
+    assert failure.error is not None
+    assert failure.error.name == "NonDeterminismError"
+
+
+async def test_a_wait_replayed_for_another_event_type_is_non_determinism(env: TestEnv) -> None:
+    await env.start_worker(WaitsForAType)
+    instance_id = f"typed-{uuid.uuid4().hex[:8]}"
+    WAIT_TYPES[instance_id] = "approval"
+    instance = await env.client.create(WaitsForAType, id=instance_id)
+    await waiting_for_event(instance, "decision")
+
+    WAIT_TYPES[instance_id] = "rejection"  # the code changed under the waiting instance
+    await instance.send_event("rejection")
+
+    failure = await failure_of(instance)
+    assert failure.error is not None
+    assert failure.error.name == "NonDeterminismError"
+    assert "'approval'" in failure.error.message

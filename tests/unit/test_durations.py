@@ -49,6 +49,8 @@ def test_parse_duration_reads_timedeltas_numbers_and_strings(
         "10",
         "3 fortnights",
         "",
+        "999999999999 days",  # past timedelta's range
+        10**15,
     ],
 )
 def test_parse_duration_rejects_negative_non_finite_and_unreadable_values(value: Any) -> None:
