@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, NoReturn
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from processor.durations import Duration, parse_duration
 from processor.engine.results import copy_json_data, encode_result, is_utf8
@@ -170,28 +170,37 @@ def rebuild_error(info: ErrorInfo) -> Exception:
     return RecordedError(info.name, info.message)
 
 
-def _model_return_type(fn: Callable[..., Any]) -> type[BaseModel] | None:
-    """The pydantic model `fn` is annotated to return, if any (its result comes back as one)."""
+def _result_type(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
+    """What reads `fn`'s recorded result back as the models it is annotated to return (`Model`,
+    `Model | None`, `list[Model]`, ...); None if the annotation names no pydantic model."""
     try:
-        return _cached_model_return_type(fn)
+        return _cached_result_type(fn)
     except TypeError:  # an unhashable callable object (a dataclass instance, say)
-        return _find_model_return_type(fn)
+        return _find_result_type(fn)
 
 
 @functools.lru_cache(maxsize=1024)
-def _cached_model_return_type(fn: Callable[..., Any]) -> type[BaseModel] | None:
-    return _find_model_return_type(fn)
+def _cached_result_type(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
+    return _find_result_type(fn)
 
 
-def _find_model_return_type(fn: Callable[..., Any]) -> type[BaseModel] | None:
+def _find_result_type(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
     target = fn.func if isinstance(fn, functools.partial) else fn
     if not inspect.isroutine(target) and not inspect.isclass(target):
         target = type(target).__call__  # a callable object: its __call__ says what it returns
     try:
         hint = typing.get_type_hints(target).get("return")
+        if hint is None or not _names_a_model(hint):
+            return None
+        return TypeAdapter(hint)
     except Exception:  # unresolvable annotations: hand back plain JSON
         return None
-    return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
+
+
+def _names_a_model(hint: Any) -> bool:
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        return True
+    return any(_names_a_model(arg) for arg in typing.get_args(hint))
 
 
 class _ReplayClosed(BaseException):
@@ -424,9 +433,9 @@ class Replay:
         is_backing_off = row.status == StepStatusName.RETRYING
         try:
             if row.status == StepStatusName.COMPLETE:
-                model = _model_return_type(fn)
+                result_type = _result_type(fn)
                 output = copy_json_data(row.output)
-                return output if model is None else model.model_validate(output)
+                return output if result_type is None else result_type.validate_python(output)
             if row.status == StepStatusName.FAILED:
                 raise self._failed(row)
             if row.status == StepStatusName.RUNNING and row.attempt > 0:

@@ -234,6 +234,14 @@ async def untyped_point(x: int, y: int):  # type: ignore[no-untyped-def]  # deli
     return Point(x=x, y=y)
 
 
+async def points(count: int) -> list[Point]:
+    return [Point(x=i, y=i) for i in range(count)]
+
+
+async def maybe_point(found: bool) -> Point | None:
+    return Point(x=5, y=6) if found else None
+
+
 def thread_of_sync_step() -> int:
     return threading.get_ident()
 
@@ -491,11 +499,17 @@ class ModelResults(Workflow[dict[str, Any]]):
     async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
         typed = await step.do("typed", typed_point, 1, 2)
         untyped = await step.do("untyped", untyped_point, 3, 4)
+        listed = await step.do("listed", points, 2)
+        found = await step.do("found", maybe_point, True)
+        missing = await step.do("missing", maybe_point, False)
         return {
             "typed_is_point": isinstance(typed, Point),
             "typed_x": typed.x if isinstance(typed, Point) else None,
             "untyped_type": type(untyped).__name__,
             "untyped": untyped if isinstance(untyped, dict) else None,
+            "listed": [type(item).__name__ for item in listed],
+            "found": type(found).__name__,
+            "missing": missing,
         }
 
 
@@ -937,6 +951,9 @@ async def test_a_step_annotated_with_a_model_returns_the_model_and_others_return
         "typed_x": 1,
         "untyped_type": "dict",
         "untyped": {"x": 3, "y": 4},
+        "listed": ["Point", "Point"],
+        "found": "Point",
+        "missing": None,
     }
 
 
