@@ -75,6 +75,10 @@ def _offset(moment: datetime | None, origin: datetime) -> str:
     return f"+{duration_text(delta)}"
 
 
+#: Step statuses a step ends in; any other, in an ended instance, was cut short.
+_STEP_ENDS = (StepStatusName.COMPLETE, StepStatusName.FAILED)
+
+
 def _styled(value: StepStatusName | InstanceStatusName) -> Text:
     return Text(value.value, style=_STATUS_STYLES.get(value, ""))
 
@@ -156,6 +160,8 @@ def instances_table(instances: Sequence[InstanceSummary], now: datetime) -> Tabl
             current = Text(item.current_step + " (")
             if item.current_step_status is not None:
                 current.append_text(_styled(item.current_step_status))
+                if item.status.is_terminal and item.current_step_status not in _STEP_ENDS:
+                    current.append(f", then {item.status.value}")  # left unfinished
             current.append(")")
         table.add_row(
             item.id,

@@ -8,7 +8,8 @@ import pytest
 from rich.console import Console
 
 from processor import config
-from processor.console import age_text, duration_text, status_view
+from processor.client import InstanceSummary
+from processor.console import age_text, duration_text, instances_table, status_view
 from schemas import InstanceStatus, StepRecord
 
 
@@ -101,3 +102,25 @@ def test_a_step_an_ended_instance_left_unfinished_is_shown_as_such() -> None:
     assert "sleeping, then terminated" in terminated
     assert "10.00 s" in terminated  # from its start until the instance ended, not until now
     assert "so far" not in terminated
+
+
+def test_a_listing_says_when_an_ended_instance_left_its_step_unfinished() -> None:
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def row(status: str, step_status: str) -> str:
+        item = InstanceSummary(
+            id="o-1",
+            workflow="ship-order",
+            status=status,
+            created_at=created,
+            current_step="cooling-off",
+            current_step_status=step_status,
+            compute_ms=1.0,
+        )
+        console = Console(width=200, record=True)
+        console.print(instances_table([item], created + timedelta(seconds=5)))
+        return console.export_text()
+
+    assert "cooling-off (sleeping, then terminated)" in row("terminated", "sleeping")
+    assert "cooling-off (sleeping)" in row("waiting", "sleeping")
+    assert "cooling-off (complete)" in row("complete", "complete")
