@@ -469,6 +469,31 @@ class ParallelSteps(Workflow[dict[str, Any]]):
         return {"a": a, "b": b}
 
 
+class NestedGathers(Workflow[dict[str, Any]]):
+    """A step, then two branches of two steps each: all four must be in flight together."""
+
+    name = "steps-nested-gathers"
+
+    async def run(self, event: WorkflowEvent[dict[str, Any]], step: WorkflowStep) -> Any:
+        iid = event.instance_id
+        once = RetryPolicy(limit=0)
+        partners = {"x 1": "y 2", "y 2": "x 1", "x 2": "y 1", "y 1": "x 2"}
+
+        async def branch(prefix: str) -> list[str]:
+            names = [f"{prefix} 1", f"{prefix} 2"]
+            return list(
+                await asyncio.gather(
+                    *(
+                        step.do(name, meet, iid, name, partners[name], retries=once)
+                        for name in names
+                    )
+                )
+            )
+
+        await step.do("first", echo, "first")
+        return list(await asyncio.gather(branch("x"), branch("y")))
+
+
 class StepAlongsideSleep(Workflow[dict[str, Any]]):
     name = "steps-step-alongside-sleep"
 
@@ -880,6 +905,15 @@ async def test_gathered_steps_run_concurrently(env: TestEnv) -> None:
     assert STARTED[instance.id] == {"a", "b"}
     status = await instance.status()
     assert sorted((s.name, s.attempts) for s in status.steps) == [("a", 1), ("b", 1)]
+
+
+async def test_steps_in_nested_gathers_after_a_step_are_in_flight_together(env: TestEnv) -> None:
+    await env.start_worker(NestedGathers)
+    instance = await env.client.create(NestedGathers)
+
+    # Each step waits for one in the other branch: one left to a later round would fail.
+    assert await instance.result(timeout=20) == [["x 1", "x 2"], ["y 1", "y 2"]]
+    assert STARTED[instance.id] == {"x 1", "x 2", "y 1", "y 2"}
 
 
 async def test_a_step_and_a_sleep_gathered_are_in_flight_together(env: TestEnv) -> None:
