@@ -229,11 +229,11 @@ class Worker:
         channel = await runtime.connection.channel()
         await channel.set_qos(prefetch_count=self.concurrency)
         topology = runtime.topology
-        ingress = IngressConsumer(runtime)
+        ingress = IngressConsumer(runtime, self.concurrency)
         self._subscribe(
             await topology.declare_ingress_queue(channel),
             ingress.handle,
-            without_slot=ingress.steers_an_instance,
+            without_slot=lambda _: ingress.handle,  # see IngressConsumer.handle
         )
         runs = self._runs = RunConsumer(
             runtime,

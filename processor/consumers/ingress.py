@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.exc import IntegrityError
 
 from processor.broker.publisher import ATTEMPT_HEADER
-from processor.consumers.base import Handler, original_routing_key
+from processor.consumers.base import original_routing_key
 from processor.consumers.decoding import BadMessageError, decode
 from processor.engine import commands
 from processor.errors import (
@@ -24,22 +25,25 @@ from schemas import INGRESS_ROUTES, ControlInstance, CreateInstance, SendEvent, 
 #: service may publish a create and an event back to back, and consumers apply them
 #: concurrently. After the last one it is dead-lettered.
 UNKNOWN_INSTANCE_RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: Ingress transactions under way at once in a worker (fewer if its concurrency is lower): they
+#: take no concurrency slot (see `handle`), so this keeps a burst of them from taking every
+#: pooled connection from rounds.
+INGRESS_TRANSACTIONS = 10
 
 
 class IngressConsumer:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, concurrency: int) -> None:
         self.runtime = runtime
-
-    def steers_an_instance(self, message: AbstractIncomingMessage) -> Handler | None:
-        """An event or a control is applied on arrival, without a slot: it is one short
-        transaction, and a terminate or an approval must not wait while long steps hold every
-        slot (it would go back to the queue each SLOT_WAIT_S). A create takes a slot: it
-        starts new work, which waits for the worker's capacity anyway."""
-        is_create = INGRESS_ROUTES.get(original_routing_key(message)) is CreateInstance
-        return None if is_create else self.handle
+        self._transactions = asyncio.Semaphore(min(concurrency, INGRESS_TRANSACTIONS))
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        """Apply one command (a `Handler` with no follow-up)."""
+        """Apply one command (a `Handler` with no follow-up). Commands take no concurrency
+        slot: each is one short transaction, and a terminate or a webhook's event must not
+        wait while long steps hold every slot (it would go back to the queue each
+        SLOT_WAIT_S); nor may an event overtake its create by more than the retries below
+        allow, so creates take none either. The work a create starts waits for a slot in the
+        run queue, as a `Client.create`'s does. Commands wait for one of INGRESS_TRANSACTIONS
+        in the order they arrived."""
         key = original_routing_key(message)
         model = INGRESS_ROUTES.get(key)
         if model is None:
@@ -49,7 +53,8 @@ class IngressConsumer:
             )
         command = decode(message, model)
         try:
-            await self.runtime.database.retry(lambda: self._apply(command, message))
+            async with self._transactions:
+                await self.runtime.database.retry(lambda: self._apply(command, message))
         except InstanceNotFoundError as error:
             attempt = (message.headers or {}).get(ATTEMPT_HEADER, 0)
             if not isinstance(attempt, int):

@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from processor import EventTimeoutError, Workflow, WorkflowEvent, WorkflowStep
+from processor import (
+    EventTimeoutError,
+    InstanceNotFoundError,
+    Workflow,
+    WorkflowEvent,
+    WorkflowStep,
+)
 from tests.conftest import TestEnv, assert_eventually
 from tests.integration.helpers import Wire, created, error_reason, open_wire
 from tests.integration.poison import POISON
@@ -72,9 +78,9 @@ async def wire(env: TestEnv) -> Any:
 async def ingress_is_drained(env: TestEnv, wire: Wire, marker_id: str) -> None:
     """Wait until every create published before this call has been applied.
 
-    The worker runs with concurrency 1, so creates (which take a slot, unlike events and
-    controls) are applied one at a time in order: once a create published last has taken
-    effect, every create before it has too.
+    The worker runs with concurrency 1, so ingress messages are applied one at a time in
+    order (IngressConsumer.handle): once a create published last has taken effect, every
+    message before it has too.
     """
     await wire.publish("instance.create", {"workflow": "wire-echo", "id": marker_id})
     await created(env.client, marker_id)
@@ -263,7 +269,7 @@ class HoldsTheSlot(Workflow[dict[str, Any]]):
         return await step.do("held", held, event.instance_id)
 
 
-async def test_events_and_controls_get_through_while_long_steps_hold_every_slot(
+async def test_ingress_messages_get_through_while_long_steps_hold_every_slot(
     env: TestEnv, wire: Wire
 ) -> None:
     HOLDS["holder"] = asyncio.Event()
@@ -284,6 +290,11 @@ async def test_events_and_controls_get_through_while_long_steps_hold_every_slot(
             "instance.event", {"instance_id": "waiter", "type": "ping", "payload": {"n": 1}}
         )
         await control(wire, "sleeper", "terminate")
+        # A create and its event back to back: the event must not overtake it for good.
+        await wire.publish("instance.create", {"workflow": "wire-two-waits", "id": "late"})
+        await wire.publish(
+            "instance.event", {"instance_id": "late", "type": "ping", "payload": {"n": 2}}
+        )
 
         # Within seconds, not the minute a delivery waits for a slot before going back.
         await assert_eventually(
@@ -291,8 +302,18 @@ async def test_events_and_controls_get_through_while_long_steps_hold_every_slot(
             timeout=10,
             what="the terminate to take effect while the slot is held",
         )
-        # The event is kept for the instance; its round waits for a slot, as steps do.
+        # The events are kept for their instances; their rounds wait for a slot, as steps do.
         assert [event.payload for event in await env.client.events("waiter")] == [{"n": 1}]
+
+        async def late_has_its_event() -> bool:
+            try:
+                events = await env.client.events("late")
+            except InstanceNotFoundError:
+                return False
+            return [event.payload for event in events] == [{"n": 2}]
+
+        await assert_eventually(late_has_its_event, timeout=10, what="the create, then its event")
+        assert await wire.message_count(f"{wire.topology.ingress_queue}.dead") == 0
     finally:
         HOLDS["holder"].set()
     assert await holder.result(timeout=20) == "holder"
