@@ -13,7 +13,6 @@ import asyncio
 import builtins
 import functools
 import inspect
-import re
 import traceback
 import typing
 from collections import Counter
@@ -66,9 +65,6 @@ REPORT_DELIVERY_GRACE = timedelta(seconds=5)
 #: shows: a backlog that never drains must not keep it running for ever.
 REPORT_CEILING = timedelta(minutes=5)
 MAX_STEP_NAME = 250
-#: A repeated name's later occurrences are recorded as `name#2`, `name#3`, ...: a name of that
-#: form would share its record.
-_OCCURRENCE_SUFFIX = re.compile(r"#\d+$")
 
 
 @dataclass
@@ -348,11 +344,6 @@ class Replay:
                 f"a step name must be a non-empty string of UTF-8 of at most "
                 f"{MAX_STEP_NAME} characters, got {name!r}"
             )
-        if _OCCURRENCE_SUFFIX.search(name):
-            raise ValueError(
-                f"step name {name!r} ends in '#' and digits, which number a repeated name's "
-                "occurrences: its record would be another step's (use e.g. 'page 2')"
-            )
         branch = asyncio.current_task()
         owner = self._name_owner.setdefault(name, branch)
         if owner is not branch:
@@ -366,6 +357,13 @@ class Replay:
         key = name if count == 1 else f"{name}#{count}"
         row = self.steps.get(key)
         if row is not None:
+            if row.name != name:
+                # "page#2" and the second "page": one record for two steps.
+                raise ValueError(
+                    f"step {name!r} would be recorded as {key!r}, which is step {row.name!r}'s "
+                    f"record (a repeated name's occurrences are recorded as 'name#2', ...): "
+                    "rename one of them"
+                )
             if row.kind != kind:
                 raise self._nondeterministic(
                     f"step {key!r} was recorded as {row.kind} but replay met it as {kind.value}: "
@@ -441,8 +439,10 @@ class Replay:
             if timeout is None
             else parse_duration(timeout, what=f"timeout of step {name!r}")
         )
-        if limit > MAX_SLEEP:  # the attempt's lease is a timer: timedelta.max would overflow it
-            raise ValueError(f"step {name!r}: timeout is longer than 365 days")
+        try:  # the attempt's lease: timedelta.max, say, would overflow it in every round
+            self.now + limit + LEASE_GRACE + REPORT_CEILING
+        except OverflowError:
+            raise ValueError(f"step {name!r}: timeout {limit} reaches past the year 9999") from None
         row, _ = self._step(name, StepKind.DO)
         is_backing_off = row.status == StepStatusName.RETRYING
         try:
