@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from processor.engine.replay import LEASE_GRACE, PendingAttempt, error_info
+from processor.engine.replay import LEASE_GRACE, PendingAttempt, error_info, result_type
 from processor.engine.results import encode_result
 from processor.errors import NonRetryableError, SerializationError, StepTimeoutError
 from processor.store.tables import StepRow
@@ -84,7 +84,10 @@ async def _run_body(
                 )
                 if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
                     result = await result
-        return AttemptOutcome(output=encode_result(step.name, result))
+        # A result read back into the models `fn` is annotated to return is recorded as they
+        # validate; any other keeps everything a model dumps (its computed fields, say).
+        is_typed = result_type(pending.fn) is not None
+        return AttemptOutcome(output=encode_result(step.name, result, round_trip=is_typed))
     except (NonRetryableError, SerializationError) as error:
         return AttemptOutcome(error=error_info(error), is_retryable=False, exception=error)
     except BaseException as error:

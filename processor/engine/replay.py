@@ -169,7 +169,7 @@ def rebuild_error(info: ErrorInfo) -> Exception:
     return RecordedError(info.name, info.message)
 
 
-def _result_type(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
+def result_type(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
     """What reads `fn`'s recorded result back as the models it is annotated to return (`Model`,
     `Model | None`, `list[Model]`, ...); None if the annotation names no pydantic model."""
     try:
@@ -447,9 +447,9 @@ class Replay:
         is_backing_off = row.status == StepStatusName.RETRYING
         try:
             if row.status == StepStatusName.COMPLETE:
-                result_type = _result_type(fn)
+                typed = result_type(fn)
                 output = copy_json_data(row.output)
-                return output if result_type is None else result_type.validate_python(output)
+                return output if typed is None else typed.validate_python(output)
             if row.status == StepStatusName.FAILED:
                 raise self._failed(row)
             if row.status == StepStatusName.RUNNING and row.attempt > 0:

@@ -14,8 +14,9 @@ from schemas import MAX_MESSAGE_BYTES
 MAX_JSON_BYTES = MAX_MESSAGE_BYTES
 
 
-def to_json_data(value: Any) -> Any:
-    """`value` as plain JSON data (pydantic models dumped).
+def to_json_data(value: Any, *, round_trip: bool = False) -> Any:
+    """`value` as plain JSON data (pydantic models dumped; with `round_trip`, as they validate:
+    without computed fields, `Json` fields as strings).
 
     Raises:
         ValueError: the value is not JSON (an unknown type, a circular reference, nesting
@@ -23,9 +24,7 @@ def to_json_data(value: Any) -> Any:
             the message says which, as a predicate ("is not JSON-serializable (...)").
     """
     try:
-        # round_trip: a model is dumped as it validates (by alias, no computed fields), since
-        # a recorded step result is read back into the model it came from.
-        data = pydantic_core.to_jsonable_python(value, round_trip=True)
+        data = pydantic_core.to_jsonable_python(value, round_trip=round_trip)
     except (ValueError, TypeError) as error:
         # PydanticSerializationError is a ValueError, and so are pydantic's "Circular
         # reference detected" and "Maximum serialization depth exceeded".
@@ -55,10 +54,11 @@ def is_utf8(text: str) -> bool:
     return True
 
 
-def encode_result(step_name: str, value: Any) -> Any:
-    """A step's result as JSON data, or SerializationError naming the step and the type."""
+def encode_result(step_name: str, value: Any, *, round_trip: bool = False) -> Any:
+    """A step's result as JSON data (see `to_json_data`), or SerializationError naming the
+    step and the type."""
     try:
-        return to_json_data(value)
+        return to_json_data(value, round_trip=round_trip)
     except ValueError as error:
         raise SerializationError(step_name, type(value).__name__, str(error)) from None
 
