@@ -201,7 +201,7 @@ async def _dead_letter_queues(
         return [args.queue]
     database = Database(config.database_url(args.database_url))
     try:
-        await database.check_migrated()
+        await database.check_migrated(connect_for=DB_COMMAND_CONNECT_S)
         async with database.read() as session:
             workflows = await queries.registered_workflows(session)
     finally:

@@ -98,11 +98,15 @@ class Database:
                 f"database URL {redact_url(url)!r}: Warren runs on sqlite+aiosqlite:///PATH "
                 "or postgresql+asyncpg://USER:PASSWORD@HOST/DATABASE"
             )
-        folder = Path(parsed.database or ":memory:").parent
-        if parsed.drivername.startswith("sqlite") and not folder.is_dir():
+        path = parsed.database or ":memory:"
+        folder = Path(path).parent
+        is_file = parsed.drivername.startswith("sqlite") and not path.startswith("file:")
+        if is_file and not folder.is_dir():
             # Said here: SQLite would only say "unable to open database file" (and aiosqlite's
             # thread would print a traceback if the process exits right after).
-            raise ValueError(f"database URL {url!r}: the directory {folder} does not exist")
+            raise ValueError(
+                f"database URL {redact_url(url)!r}: the directory {folder} does not exist"
+            )
         self.url = url
         self.schema = schema
         self.is_sqlite = parsed.drivername == "sqlite+aiosqlite"
@@ -267,7 +271,8 @@ class Database:
         except (DBAPIError, OSError) as error:
             cause = error.orig if isinstance(error, DBAPIError) and error.orig else error
             raise InfrastructureError(
-                f"cannot use the database at {redact_url(self.url)}: {cause}"
+                f"cannot use the database at {redact_url(self.url)}: "
+                f"{str(cause) or type(cause).__name__}"  # a connect timeout says nothing
             ) from error
         raise AssertionError("unreachable")
 

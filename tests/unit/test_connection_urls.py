@@ -18,7 +18,8 @@ from asyncpg import connect_utils
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from processor.config import redact_url
-from processor.errors import DatabaseNotMigratedError, is_certificate_refused
+from processor.errors import DatabaseNotMigratedError, InfrastructureError, is_certificate_refused
+from processor.store.database import Database
 from tests.conftest import require_tool
 
 
@@ -125,3 +126,25 @@ def test_a_refused_certificate_is_found_down_an_error_chain_even_one_that_loops(
     looped = KeyError("raised from itself")
     looped.__cause__ = looped
     assert not is_certificate_refused(looped)
+
+
+async def test_a_sqlite_uri_filename_is_not_taken_for_a_missing_directory(tmp_path: Path) -> None:
+    database = Database(f"sqlite+aiosqlite:///file:{tmp_path}/uri.db?uri=true")
+    try:
+        await database.upgrade()
+    finally:
+        await database.close()
+    assert (tmp_path / "uri.db").exists()
+
+
+async def test_a_database_error_without_words_is_named_by_its_type(tmp_path: Path) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path}/x.db")
+
+    async def connect_times_out() -> None:
+        raise TimeoutError  # as asyncpg's connect timeout does, with no message
+
+    try:
+        with pytest.raises(InfrastructureError, match=r"x\.db: TimeoutError$"):
+            await database._first_contact(connect_times_out, connect_for=0)
+    finally:
+        await database.close()
