@@ -94,7 +94,8 @@ class Workflow(Generic[P]):
                 cls.parse_params(params), mode="json", by_alias=True, round_trip=True
             )
         try:
-            data: dict[str, Any] = to_json_data(params)
+            # As `parse_params` reads them back: nested models too (a by-name create).
+            data: dict[str, Any] = to_json_data(params, round_trip=True)
         except ValueError as error:
             raise ValueError(f"params {error}") from None
         return data

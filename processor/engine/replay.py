@@ -51,9 +51,6 @@ from schemas import ErrorInfo, StepKind, StepStatusName
 #: Event-loop turns with no step activity after which every branch of `run` counts as parked.
 #: Each nested asyncio.gather costs one turn before its branches reach a step.
 QUIET_TURNS = 20
-#: The same once `run` itself waits on a parked step (Replay._until_quiet): 20 turns cost a
-#: replay a fifth of its CPU (83 -> 66 us for a two-step workflow, `/tmp` micro-benchmark).
-PARKED_QUIET_TURNS = 2
 #: A running attempt whose worker has not reported by timeout + this is presumed lost.
 LEASE_GRACE = timedelta(seconds=30)
 #: A worker whose last heartbeat is older than this is presumed dead, its attempts lost.
@@ -307,24 +304,13 @@ class Replay:
             )
 
     async def _until_quiet(self, task: asyncio.Future[Any]) -> None:
-        """Return once `run` (the `task`) has ended or every branch of it is parked: no step
-        activity for QUIET_TURNS turns of the loop, or for PARKED_QUIET_TURNS once `run` itself
-        waits on a parked step (sequential code, most workflows: no gather is left to reach
-        its branches' steps, and a task `run` started has had its turn)."""
         seen, quiet = -1, 0
-        while not task.done():
+        while not task.done() and quiet < QUIET_TURNS:
             if self._activity != seen or self._busy:
                 seen, quiet = self._activity, 0
             else:
                 quiet += 1
-            if quiet >= (PARKED_QUIET_TURNS if self._waits_on_a_park(task) else QUIET_TURNS):
-                return
             await asyncio.sleep(0)
-
-    def _waits_on_a_park(self, task: asyncio.Future[Any]) -> bool:
-        # `_fut_waiter`: what a suspended asyncio Task awaits (the C Task exposes it too).
-        waiter = getattr(task, "_fut_waiter", None)
-        return waiter is not None and waiter in self._parked
 
     async def _park(self) -> NoReturn:
         if self._is_closed:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from processor import Workflow
 from processor.engine.results import MAX_JSON_BYTES, encode_result, to_json_data
 from processor.errors import SerializationError
 
@@ -77,3 +78,17 @@ def test_a_model_recorded_to_be_read_back_validates_into_itself() -> None:
     assert Quote.model_validate(recorded) == quote
     # Not read back into the model (an output, a payload, an untyped step): all of it.
     assert to_json_data(quote) == {"price": 2, "qty": 3, "total": 6}
+
+
+def test_params_given_by_name_hold_nested_models_as_they_validate() -> None:
+    class Line(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        price: int
+
+        @computed_field  # type: ignore[prop-decorator]
+        @property
+        def doubled(self) -> int:
+            return 2 * self.price
+
+    # No params model at hand (a create by name): the run will validate what is stored.
+    assert Workflow.dump_params({"line": Line(price=1)}) == {"line": {"price": 1}}
