@@ -29,6 +29,10 @@ UNKNOWN_INSTANCE_RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0)
 #: take no concurrency slot (see `handle`), so this keeps a burst of them from taking every
 #: pooled connection from rounds.
 INGRESS_TRANSACTIONS = 10
+#: A command that waits this long for one (the database is away, say) goes back to the queue
+#: as a fresh copy: an unacked delivery held past RabbitMQ's consumer_timeout (30 minutes)
+#: would have its channel closed.
+INGRESS_WAIT_S = 60.0
 
 
 class IngressConsumer:
@@ -43,7 +47,7 @@ class IngressConsumer:
         SLOT_WAIT_S); nor may an event overtake its create by more than the retries below
         allow, so creates take none either. The work a create starts waits for a slot in the
         run queue, as a `Client.create`'s does. Commands wait for one of INGRESS_TRANSACTIONS
-        in the order they arrived."""
+        in the order they arrived, for up to INGRESS_WAIT_S."""
         key = original_routing_key(message)
         model = INGRESS_ROUTES.get(key)
         if model is None:
@@ -53,8 +57,8 @@ class IngressConsumer:
             )
         command = decode(message, model)
         try:
-            async with self._transactions:
-                await self.runtime.database.retry(lambda: self._apply(command, message))
+            if not await self._apply_in_turn(command, message):
+                await self.runtime.publisher.republish(message, key)
         except InstanceNotFoundError as error:
             attempt = (message.headers or {}).get(ATTEMPT_HEADER, 0)
             if not isinstance(attempt, int):
@@ -65,6 +69,20 @@ class IngressConsumer:
             await self.runtime.publisher.republish(
                 message, key, delay, **{ATTEMPT_HEADER: attempt + 1}
             )
+
+    async def _apply_in_turn(self, command: WireModel, message: AbstractIncomingMessage) -> bool:
+        """Apply the command once one of INGRESS_TRANSACTIONS is free; False if none was
+        within INGRESS_WAIT_S."""
+        try:
+            async with asyncio.timeout(INGRESS_WAIT_S):
+                await self._transactions.acquire()
+        except TimeoutError:
+            return False
+        try:
+            await self.runtime.database.retry(lambda: self._apply(command, message))
+        finally:
+            self._transactions.release()
+        return True
 
     async def _apply(self, command: WireModel, message: AbstractIncomingMessage) -> None:
         message_id = message.message_id

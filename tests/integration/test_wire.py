@@ -274,7 +274,7 @@ async def test_ingress_messages_get_through_while_long_steps_hold_every_slot(
 ) -> None:
     HOLDS["holder"] = asyncio.Event()
     await env.start_worker(HoldsTheSlot, TwoWaits, Napper, concurrency=1)
-    # Before the only slot is taken: a create needs one.
+    # Before the only slot is taken: their first rounds need it.
     waiter = await env.client.create(TwoWaits, id="waiter")
     await env.client.create(Napper, {"nap": 600}, id="sleeper")
     for instance_id in ("waiter", "sleeper"):
