@@ -19,7 +19,7 @@ from itertools import pairwise
 from typing import Any, Literal
 
 import pytest
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
+from pydantic import AwareDatetime, BaseModel
 
 from processor import (
     EventTimeoutError,
@@ -36,6 +36,7 @@ from processor import (
     WorkflowStep,
 )
 from tests.conftest import TestEnv, assert_eventually
+from tests.models import Quote
 
 pytestmark = pytest.mark.integration
 
@@ -1134,17 +1135,6 @@ class PriceInEuros:
 
     async def __call__(self, amount: int) -> Point:
         return Point(x=amount, y=len(self.currency))
-
-
-class Quote(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    price: int
-    quantity: int = Field(alias="qty")
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def total(self) -> int:
-        return self.price * self.quantity
 
 
 async def make_quote(price: int, quantity: int) -> Quote:

@@ -6,11 +6,12 @@ import re
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, computed_field
 
 from processor import Workflow
 from processor.engine.results import MAX_JSON_BYTES, encode_result, to_json_data
 from processor.errors import SerializationError
+from tests.models import Quote
 
 
 def _circular() -> list[Any]:
@@ -60,16 +61,6 @@ def test_json_data_passes_through_as_plain_data() -> None:
 
 
 def test_a_model_recorded_to_be_read_back_validates_into_itself() -> None:
-    class Quote(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        price: int
-        quantity: int = Field(alias="qty")
-
-        @computed_field  # type: ignore[prop-decorator]
-        @property
-        def total(self) -> int:
-            return self.price * self.quantity
-
     quote = Quote(price=2, qty=3)
 
     recorded = to_json_data(quote, round_trip=True)
