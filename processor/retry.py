@@ -9,7 +9,7 @@ from typing import Literal
 from processor.durations import Duration, parse_duration
 
 Backoff = Literal["constant", "linear", "exponential"]
-#: The longest timer there is: a sleep, an event wait's timeout, a back-off, a step's timeout.
+#: The longest timer there is: a sleep, an event wait's timeout, a back-off.
 MAX_SLEEP = timedelta(days=365)
 
 
