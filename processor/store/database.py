@@ -110,6 +110,8 @@ class Database:
         self.url = url
         self.schema = schema
         self.is_sqlite = parsed.drivername == "sqlite+aiosqlite"
+        #: The SQLite file, if the URL names one.
+        self._sqlite_file = Path(path) if is_file and path != ":memory:" else None
         connect_args: dict[str, Any] = {}
         options: dict[str, Any] = {}
         if self.is_sqlite:
@@ -250,8 +252,11 @@ class Database:
             async with self.engine.connect() as conn:
                 return await conn.run_sync(migrations.current_revision)
 
-        found = await self._first_contact(read_revision, connect_for)
         wanted = migrations.head_revision()
+        if self._sqlite_file is not None and not self._sqlite_file.exists():
+            # Not connected to: SQLite would create an empty file, and leave it behind.
+            raise DatabaseNotMigratedError(self.url, None, wanted)
+        found = await self._first_contact(read_revision, connect_for)
         if found != wanted:
             raise DatabaseNotMigratedError(self.url, found, wanted)
 

@@ -104,6 +104,7 @@ def test_a_worker_on_an_unmigrated_database_stops_at_once_saying_what_to_run(
     result = warren("worker", "processor.demo", cwd=tmp_path, env=cli_env)
     assert result.returncode == 1
     assert "warren db upgrade" in result.stderr
+    assert not (tmp_path / "cli.db").exists()  # no empty database file left behind
 
 
 async def test_create_status_send_event_and_list_from_the_command_line(
