@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Sequence
 from contextlib import suppress
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -524,7 +524,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         moment = datetime.fromisoformat(created_at)
         if moment.tzinfo is None:
             raise ValueError
+        moment.astimezone(UTC)  # in range there too: the database compares it as UTC
         commands.check_instance_id(instance_id)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error):
         raise ValueError(f"malformed cursor {cursor!r}") from None
     return moment, instance_id

@@ -61,10 +61,16 @@ def is_dashboard(request: Request) -> bool:
 
 
 async def to_login(request: Request, error: Exception) -> Response:
-    if request.method != "GET" or request.url.path.endswith(("/table", "/detail")):
+    if request.method != "GET" or _is_fragment(request.url.path):
         return Response(status_code=HTTPStatus.UNAUTHORIZED)
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/ui/login?next={quote(target)}", HTTPStatus.SEE_OTHER)
+
+
+def _is_fragment(path: str) -> bool:
+    """A part of a page that the page reloads, not a page: the instances table, or an
+    instance's detail (`/ui/instances/{id}/detail`; an instance may be called "detail")."""
+    return path == "/ui/instances-table" or (path.count("/") == 4 and path.endswith("/detail"))
 
 
 def error_page(
@@ -132,7 +138,7 @@ async def login(request: Request) -> Response:
     response = RedirectResponse(target, HTTPStatus.SEE_OTHER)
     response.set_cookie(
         COOKIE,
-        form["token"].strip(),
+        form.get("token", "").strip(),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -175,7 +181,7 @@ def _table_context(page: InstancePage, filters: dict[str, str], cursor: str) -> 
         "next_query": urlencode({**query, "cursor": page.next_cursor or ""}),
         # The first page shows new instances as they come; any page, those that change.
         "live": not cursor or any(i.status not in TERMINAL_STATUSES for i in page.instances),
-        "table_url": "/ui/instances/table?" + urlencode({**query, "cursor": cursor}),
+        "table_url": "/ui/instances-table?" + urlencode({**query, "cursor": cursor}),
     }
 
 
@@ -196,7 +202,8 @@ async def instances(
     )
 
 
-@router.get("/instances/table")
+# Not under /instances/: an instance may be called "table".
+@router.get("/instances-table")
 async def instances_table(
     request: Request, principal: Viewer, workflow: str = "", status: str = "", cursor: str = ""
 ) -> Response:

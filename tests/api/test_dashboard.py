@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import re
 
 import httpx
 import pytest
 
+from processor import Client
+from processor.api import ApiConfig, create_app
 from processor.api.app import MAX_BODY_BYTES
 from processor.api.ui import milliseconds
 from tests.api.conftest import EVENTS, READ, WRITE, Api, Approval, Other, bearer
+from tests.conftest import TestEnv
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +29,7 @@ async def test_the_dashboard_asks_for_a_token_with_the_read_scope(api: Api) -> N
     anonymous = await http.get("/ui/instances?status=waiting")
     assert anonymous.status_code == 303
     assert anonymous.headers["location"] == "/ui/login?next=/ui/instances%3Fstatus%3Dwaiting"
-    assert (await http.get("/ui/instances/table")).status_code == 401
+    assert (await http.get("/ui/instances-table")).status_code == 401
 
     for token in ("forged", EVENTS):
         refused = await log_in(http, token)
@@ -120,7 +126,7 @@ async def test_control_buttons_list_and_workflow_counts(api: Api) -> None:
     assert listing.status_code == 200
     assert ">w-1</a>" in listing.text
     assert ">w-2</a>" not in listing.text
-    table = await http.get("/ui/instances/table?workflow=api-other")
+    table = await http.get("/ui/instances-table?workflow=api-other")
     assert table.text.startswith('<section id="instances" data-refresh=')
     assert (await http.get("/ui/instances/nope")).status_code == 404
 
@@ -141,7 +147,7 @@ async def test_compute_time_shows_per_instance_and_per_workflow(api: Api) -> Non
     http = api.http
     await log_in(http, READ)
 
-    table = await http.get("/ui/instances/table")
+    table = await http.get("/ui/instances-table")
     row = re.search(r">t-1</a>.*?</tr>", table.text, re.DOTALL)
     assert row is not None
     assert f'<td class="number">{compute}</td>' in row.group(0)
@@ -189,3 +195,50 @@ async def test_dashboard_errors_are_html_pages_while_the_api_keeps_json(api: Api
         response = await http.request(method, url, headers=bearer(token))
         assert response.status_code == code, url
         assert "detail" in response.json(), url
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _cursor("[" * 5000),  # json.loads: RecursionError
+        _cursor(json.dumps(["9999-12-31T23:59:59-23:59", "x"])),  # past the year 9999 in UTC
+        _cursor(json.dumps(["0001-01-01T00:00:00+23:59", "x"])),  # before the year 1 in UTC
+    ],
+    ids=["deeply-nested", "after-year-9999-in-utc", "before-year-1-in-utc"],
+)
+async def test_a_malformed_cursor_gets_400_not_a_server_error(server: str, cursor: str) -> None:
+    async with httpx.AsyncClient(base_url=server) as http:
+        listed = await http.get(f"/instances?cursor={cursor}", headers=bearer(READ))
+        assert listed.status_code == 400, listed.text
+        http.cookies.set("warren_token", READ)
+        page = await http.get(f"/ui/instances?cursor={cursor}")
+        assert page.status_code == 400, page.text
+
+
+async def test_an_instance_named_table_has_its_own_dashboard_page(api: Api) -> None:
+    await api.env.start_worker(Other)
+    await api.json("POST", "/workflows/api-other/instances", json={"id": "table"})
+    await api.until("table", "waiting")
+    await log_in(api.http, WRITE)
+
+    listing = await api.http.get("/ui/instances")
+    assert 'href="/ui/instances/table"' in listing.text  # the link the table shows
+    page = await api.http.get("/ui/instances/table")
+    assert "Instance <code>table</code>" in page.text, page.text[:300]
+
+
+async def test_with_authentication_off_a_login_without_a_token_is_not_a_server_error(
+    env: TestEnv,
+) -> None:
+    app = create_app(ApiConfig(auth=False), functools.partial(Client, **env.settings()))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://localhost") as http,
+    ):
+        response = await http.post("/ui/login", data={"next": "/ui/workflows"})
+        assert response.status_code == 303, response.text
