@@ -42,8 +42,10 @@ from processor.telemetry.metrics import get_metrics
 from processor.telemetry.tracing import (
     SpanParent,
     StepOutcome,
+    current_traceparent,
     instance_parent,
     instance_span,
+    is_tracing,
     record_wait_span,
     step_attempt_span,
 )
@@ -207,6 +209,11 @@ async def _replay_rounds(
                         parent=parent,
                     )
                 )
+                if instance.traceparent is None and is_tracing():
+                    # Created untraced (or before tracing was on): this round is the root of
+                    # its trace from now on, so its later rounds and its waits join it rather
+                    # than start traces of their own (or land in another instance's).
+                    instance.traceparent = current_traceparent()
                 result, work = await _advance(
                     tx,
                     instance,

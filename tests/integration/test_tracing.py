@@ -19,8 +19,11 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+import sqlalchemy as sa
 
 from processor.broker.topology import Topology
+from processor.store.database import Database
+from processor.store.tables import InstanceRow
 from tests.conftest import BROKER_URL, TestEnv, assert_eventually
 from tests.integration.helpers import created
 from tests.integration.test_telemetry_otlp import OtlpReceiver
@@ -231,3 +234,35 @@ async def test_an_instance_keeps_one_trace_across_a_retry_a_sleep_and_two_worker
     assert (sleep.end_ns - sleep.start_ns) / 1e9 >= 3.0
     # The consumers' SQL work nests under the rounds.
     assert any("db.system" in child.attributes for child in rounds[0].children)
+
+
+async def test_instances_created_untraced_get_one_trace_each_from_a_traced_worker(
+    env: TestEnv,
+    receiver: OtlpReceiver,
+    traced_workers: Callable[[str], Awaitable[asyncio.subprocess.Process]],
+) -> None:
+    """Created by a process that does not trace (or before tracing was turned on): each
+    instance's first traced round becomes its root, so its rounds, attempts and waits share
+    one trace, and none lands in another instance's (rounds of several share a batch)."""
+    await stop(await traced_workers("registers"))  # a create needs the workflow registered
+    ids = [f"untraced-{i}" for i in range(8)]
+    for instance_id in ids:
+        await env.client.create(SleepyCompute, {"compute_ms": 1, "sleep_s": 0.5}, id=instance_id)
+    database = Database(env.backend.database_url, schema=env.backend.schema)
+    try:
+        async with database.transaction() as session:  # as if no creator had traced them
+            await session.exec(sa.update(InstanceRow).values(traceparent=None))
+    finally:
+        await database.close()
+    worker = await traced_workers("A")
+    for instance_id in ids:
+        assert await (await env.client.get(instance_id)).result(timeout=30) > 0
+    await stop(worker)
+
+    traces: dict[str, set[str]] = {}
+    for span in received_spans(receiver):
+        if "warren.instance_id" in span.attributes:
+            traces.setdefault(str(span.attributes["warren.instance_id"]), set()).add(span.trace_id)
+    assert set(traces) == set(ids)
+    assert all(len(trace_ids) == 1 for trace_ids in traces.values()), traces
+    assert len({trace_id for trace_ids in traces.values() for trace_id in trace_ids}) == len(ids)
