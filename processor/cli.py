@@ -121,6 +121,9 @@ async def _status(args: argparse.Namespace) -> None:
                 status = await client.status(args.id)
 
 
+#: How long `warren db upgrade` and `warren dlq` wait for an unreachable database (a migration
+#: job may start beside it), as a client waits for the broker.
+DB_COMMAND_CONNECT_S = 10.0
 #: How often `warren status --watch` reads the instance again.
 WATCH_INTERVAL_S = 0.5
 
@@ -185,11 +188,6 @@ async def _db_upgrade(args: argparse.Namespace) -> None:
         print(f"database at {config.redact_url(url)} is up to date (migration {after})")
     else:
         print(f"database at {config.redact_url(url)} migrated from {before or 'none'} to {after}")
-
-
-#: How long `warren db upgrade` waits for an unreachable database (a migration job may start
-#: beside it), as a client waits for the broker.
-DB_COMMAND_CONNECT_S = 10.0
 
 
 async def _dead_letter_queues(

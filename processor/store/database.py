@@ -98,20 +98,23 @@ class Database:
                 f"database URL {redact_url(url)!r}: Warren runs on sqlite+aiosqlite:///PATH "
                 "or postgresql+asyncpg://USER:PASSWORD@HOST/DATABASE"
             )
-        path = parsed.database or ":memory:"
-        folder = Path(path).parent
-        is_file = parsed.drivername.startswith("sqlite") and not path.startswith("file:")
-        if is_file and not folder.is_dir():
-            # Said here: SQLite would only say "unable to open database file" (and aiosqlite's
-            # thread would print a traceback if the process exits right after).
-            raise ValueError(
-                f"database URL {redact_url(url)!r}: the directory {folder} does not exist"
-            )
         self.url = url
         self.schema = schema
         self.is_sqlite = parsed.drivername == "sqlite+aiosqlite"
-        #: The SQLite file, if the URL names one.
-        self._sqlite_file = Path(path) if is_file and path != ":memory:" else None
+        path = parsed.database or ":memory:"
+        #: The SQLite file, if the URL names one by its path (not `:memory:`, not a `file:` URI).
+        self._sqlite_file = (
+            Path(path)
+            if self.is_sqlite and path != ":memory:" and not path.startswith("file:")
+            else None
+        )
+        if self._sqlite_file is not None and not self._sqlite_file.parent.is_dir():
+            # Said here: SQLite would only say "unable to open database file" (and aiosqlite's
+            # thread would print a traceback if the process exits right after).
+            raise ValueError(
+                f"database URL {redact_url(url)!r}: the directory "
+                f"{self._sqlite_file.parent} does not exist"
+            )
         connect_args: dict[str, Any] = {}
         options: dict[str, Any] = {}
         if self.is_sqlite:
